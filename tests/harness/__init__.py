@@ -1,0 +1,1 @@
+"""Real-services test harness for teapot.kms: every process it starts, it stops."""

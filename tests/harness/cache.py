@@ -1,0 +1,18 @@
+"""Where the harness keeps venvs, the test-host rootfs, wheels and .deb files.
+
+One directory, named by ``TEAPOT_KMS_CACHE`` (default ``~/.cache/teapot-kms``),
+so that a developer's second run reuses what the first one built.
+"""
+
+import os
+import pathlib
+
+
+def cache_dir(*parts):
+    """Return (and create) a directory below the harness cache."""
+    base = os.environ.get("TEAPOT_KMS_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "teapot-kms"
+    )
+    path = pathlib.Path(base, *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,108 @@
+"""Start, watch and stop the harness's own processes.
+
+Only processes started here are ever signalled: each one runs in its own
+process group, and stop() signals that group and nothing else.  Output goes
+to a log file that failures print, so a broken service explains itself.
+"""
+
+import contextlib
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import time
+
+
+def free_port(host="127.0.0.1"):
+    """Return a TCP port that is free on ``host`` right now."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(host, port, timeout=60.0, process=None):
+    """Wait until something accepts TCP connections on host:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and not process.running():
+            raise RuntimeError(
+                f"{process.name} exited with {process.popen.returncode} before "
+                f"listening on {host}:{port}; log:\n{process.log_tail()}"
+            )
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+            sock.settimeout(1.0)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.1)
+    tail = process.log_tail() if process is not None else ""
+    raise TimeoutError(f"nothing listened on {host}:{port} within {timeout:.0f}s\n{tail}")
+
+
+class ManagedProcess:
+    """A child process in its own process group, with its output in a log file."""
+
+    def __init__(self, name, argv, log_path, env=None, cwd=None):
+        self.name = name
+        self.argv = [str(arg) for arg in argv]
+        self.log_path = pathlib.Path(log_path)
+        self.env = env
+        self.cwd = cwd
+        self.popen = None
+
+    def start(self):
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # pylint: disable-next=consider-using-with
+        log = open(self.log_path, "ab")
+        try:
+            # pylint: disable-next=consider-using-with
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        return self
+
+    def running(self):
+        return self.popen is not None and self.popen.poll() is None
+
+    def log_tail(self, lines=60):
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def signal(self, signum):
+        """Send ``signum`` to this process group (only ours)."""
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signum)
+
+    def stop(self, timeout=20.0):
+        """SIGTERM the group, then SIGKILL it if it has not gone in time."""
+        if self.popen is None:
+            return
+        if self.running():
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout)
+        # Reap anything the group left behind (uWSGI workers, for instance).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
