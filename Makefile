@@ -38,17 +38,30 @@ lint: venv collection-link
 	$(BIN)/ansible-lint --offline
 
 # ansible-test needs the collection at ansible_collections/teapot/kms: copy
-# the files git knows (tracked, and untracked but not ignored) there.
-sanity: venv
+# the files git knows (tracked, and untracked but not ignored) there.  It runs
+# from its own venv (its sanity tests pin their own tool versions) with HOME
+# inside the cache, where its pip bootstrap script is provided.
+SANITY_VENV := $(TEAPOT_KMS_CACHE)/sanity-venv
+SANITY_HOME := $(TEAPOT_KMS_CACHE)/ansible-test-home
+ANSIBLE_TEST_PIP := 24.2
+
+$(SANITY_VENV)/.installed: tests/requirements.txt
+	$(PYTHON) -m venv $(SANITY_VENV)
+	$(SANITY_VENV)/bin/pip install --quiet "$$(grep '^ansible-core==' tests/requirements.txt)"
+	touch $@
+
+sanity: $(SANITY_VENV)/.installed
+	mkdir -p $(SANITY_HOME)/.ansible/test/cache
+	cp tests/bin/ansible-test-pip-bootstrap.py $(SANITY_HOME)/.ansible/test/cache/get_pip_$(subst .,_,$(ANSIBLE_TEST_PIP)).py
 	rm -rf $(COLLECTION_ROOT)
 	mkdir -p $(COLLECTION_ROOT)
 	git ls-files -z --cached --others --exclude-standard | \
 		xargs -0 -I{} sh -c 'test -e "{}" && echo "{}"' | \
 		rsync -a --files-from=- ./ $(COLLECTION_ROOT)/
-	cd $(COLLECTION_ROOT) && $(BIN)/ansible-test sanity --venv --python 3.11 --color no
+	cd $(COLLECTION_ROOT) && HOME=$(SANITY_HOME) $(SANITY_VENV)/bin/ansible-test sanity --venv --python 3.11 --color no
 
 unit: venv
-	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+	$(BIN)/pytest tests/unit kms_plugin/tests $(PYTEST_ARGS)
 
 integration: venv
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
