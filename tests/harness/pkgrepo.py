@@ -1,0 +1,250 @@
+"""Package sources for hosts without internet: a flat Debian repository and a PEP 503 wheel index.
+
+``prepare()`` builds both from the caller's lists (cached: the same list for
+the same rootfs is built once), and ``serve()`` starts an HTTP server bound
+only to the test bridge's host-side address.  Hosts then use::
+
+    deb [trusted=yes] http://ADDRESS:PORT/debian ./
+    pip index-url http://ADDRESS:PORT/pypi/simple/
+
+The .deb files are resolved by apt on the controller against exactly the
+host rootfs's dpkg status, so every dependency the rootfs lacks comes along.
+"""
+
+import contextlib
+import gzip
+import hashlib
+import html
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+from tests.harness.cache import cache_dir
+from tests.harness.procs import ManagedProcess, free_port, wait_for_port
+from tests.harness.testhosts import SUITE, TestHostError, _process_start_time, debian_mirror, file_lock
+
+HOST_PYTHON = "3.11"
+HOST_MACHINE = "x86_64"
+HOST_GLIBC_MINOR = 36  # Debian 12
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def _digest(*parts):
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _run(argv, log, **kwargs):
+    argv = [str(arg) for arg in argv]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
+    if result.returncode != 0:
+        raise TestHostError(
+            f"{' '.join(argv)} exited with {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
+    if log is not None and result.stderr:
+        print(result.stderr.rstrip()[-2000:], file=log)
+    return result.stdout
+
+
+# --------------------------------------------------------------------------
+# Debian repository
+
+
+def _apt_options(rootfs, apt_dir, archives):
+    """apt-get options that resolve against the rootfs's dpkg status, with private state."""
+    (archives / "partial").mkdir(parents=True, exist_ok=True)
+    for sub in ("lists/partial", "parts", "prefs"):
+        (apt_dir / sub).mkdir(parents=True, exist_ok=True)
+    sources = apt_dir / "sources.list"
+    sources.write_text(
+        f"deb [signed-by={DEBIAN_KEYRING}] {debian_mirror(SUITE)} {SUITE} main\n", encoding="utf-8"
+    )
+    options = {
+        "Dir::State": apt_dir,
+        "Dir::State::Lists": apt_dir / "lists",
+        "Dir::State::status": pathlib.Path(rootfs) / "var/lib/dpkg/status",
+        "Dir::Cache": apt_dir,
+        "Dir::Cache::archives": archives,
+        "Dir::Cache::pkgcache": "",
+        "Dir::Cache::srcpkgcache": "",
+        "Dir::Etc::SourceList": sources,
+        "Dir::Etc::SourceParts": apt_dir / "parts",
+        "Dir::Etc::Preferences": apt_dir / "prefs" / "none",
+        "Dir::Etc::PreferencesParts": apt_dir / "prefs",
+        "Debug::NoLocking": "true",
+        "APT::Sandbox::User": "root",
+        "APT::Get::Assume-Yes": "true",
+    }
+    argv = []
+    for key, value in options.items():
+        argv += ["-o", f"{key}={value}"]
+    return argv
+
+
+def _write_flat_repo_indexes(repo):
+    packages = _run(["dpkg-scanpackages", "--multiversion", ".", "/dev/null"], None, cwd=repo)
+    (repo / "Packages").write_text(packages, encoding="utf-8")
+    with gzip.GzipFile(repo / "Packages.gz", "wb", mtime=0) as handle:
+        handle.write(packages.encode())
+    lines = [
+        "Origin: teapot.kms test repository",
+        "Label: teapot.kms",
+        f"Suite: {SUITE}",
+        "Architectures: amd64 all",
+        time.strftime("Date: %a, %d %b %Y %H:%M:%S UTC", time.gmtime()),
+        "SHA256:",
+    ]
+    for name in ("Packages", "Packages.gz"):
+        path = repo / name
+        lines.append(f" {_sha256_file(path)} {path.stat().st_size} {name}")
+    (repo / "Release").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def debian_repository(rootfs, packages, log=sys.stderr):
+    """A flat repository holding ``packages`` and whatever they need beyond ``rootfs``."""
+    packages = sorted(set(packages))
+    base = cache_dir("debs")
+    repo = base / f"repo-{_digest(pathlib.Path(rootfs).name, packages)}"
+    if (repo / "Release").is_file():
+        return repo
+    with file_lock(base / "apt.lock"):
+        if (repo / "Release").is_file():
+            return repo
+        staging = repo.with_name(repo.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        if packages:
+            # Download into the empty staging directory: exactly the packages this set needs.
+            options = _apt_options(rootfs, base / "apt", staging)
+            _run(["apt-get", *options, "update"], log)
+            _run(["apt-get", *options, "--download-only", "install", *packages], log)
+            shutil.rmtree(staging / "partial", ignore_errors=True)
+            (staging / "lock").unlink(missing_ok=True)
+            if not any(staging.glob("*.deb")):
+                raise TestHostError(f"apt downloaded nothing for {packages}: are they all in the rootfs already?")
+        _write_flat_repo_indexes(staging)
+        os.rename(staging, repo)
+    return repo
+
+
+# --------------------------------------------------------------------------
+# Wheel index
+
+
+def _host_platform_options():
+    options = ["--python-version", HOST_PYTHON, "--implementation", "cp", "--abi", f"cp{HOST_PYTHON.replace('.', '')}",
+               "--abi", "abi3", "--abi", "none"]
+    platforms = [f"manylinux_2_{minor}_{HOST_MACHINE}" for minor in range(HOST_GLIBC_MINOR, 4, -1)]
+    platforms += [f"manylinux2014_{HOST_MACHINE}", f"manylinux2010_{HOST_MACHINE}", f"manylinux1_{HOST_MACHINE}",
+                  f"linux_{HOST_MACHINE}"]
+    for platform in platforms:
+        options += ["--platform", platform]
+    return options
+
+
+def normalize(name):
+    """PEP 503 normalized project name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _write_simple_index(index_dir, files_dir):
+    simple = index_dir / "simple"
+    projects = {}
+    for wheel in sorted(files_dir.glob("*.whl")):
+        projects.setdefault(normalize(wheel.name.split("-", 1)[0]), []).append(wheel)
+    simple.mkdir(parents=True, exist_ok=True)
+    head = '<!DOCTYPE html>\n<html><head><meta name="pypi:repository-version" content="1.0"><title>{}</title></head><body>\n'
+    links = [f'<a href="{name}/">{name}</a><br>' for name in sorted(projects)]
+    (simple / "index.html").write_text(head.format("Simple index") + "\n".join(links) + "\n</body></html>\n", encoding="utf-8")
+    for name, wheels in projects.items():
+        page = simple / name
+        page.mkdir(exist_ok=True)
+        links = [
+            f'<a href="../../files/{html.escape(wheel.name)}#sha256={_sha256_file(wheel)}">{html.escape(wheel.name)}</a><br>'
+            for wheel in wheels
+        ]
+        (page / "index.html").write_text(head.format(f"Links for {name}") + "\n".join(links) + "\n</body></html>\n", encoding="utf-8")
+
+
+def wheel_index(wheels=(), build_wheels=(), log=sys.stderr):
+    """A PEP 503 index of ``wheels`` (downloaded for the hosts) and ``build_wheels`` (built here)."""
+    wheels, build_wheels = sorted(set(wheels)), sorted(set(build_wheels))
+    base = cache_dir("wheels")
+    index = base / f"index-{_digest(HOST_PYTHON, wheels, build_wheels)}"
+    if (index / "simple" / "index.html").is_file():
+        return index
+    with file_lock(base / f"{index.name}.lock"):
+        if (index / "simple" / "index.html").is_file():
+            return index
+        staging = index.with_name(index.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        files = staging / "files"
+        files.mkdir(parents=True)
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+        if wheels:
+            _run([*pip, "download", "--only-binary=:all:", *_host_platform_options(), "--dest", files, *wheels], log)
+        if build_wheels:
+            # Built with this interpreter: the controller runs the hosts' Python and glibc.
+            _run([*pip, "wheel", "--wheel-dir", files, *build_wheels], log)
+        non_wheels = [path.name for path in files.iterdir() if path.suffix != ".whl"]
+        if non_wheels:
+            raise TestHostError(f"pip left files that are not wheels in {files}: {non_wheels}")
+        _write_simple_index(staging, files)
+        os.rename(staging, index)
+    return index
+
+
+# --------------------------------------------------------------------------
+# Serving
+
+
+def prepare(rootfs, debs=(), wheels=(), build_wheels=(), log=sys.stderr):
+    """Build (or reuse) both sources; return their directories."""
+    return {
+        "debian": str(debian_repository(rootfs, debs, log=log)),
+        "pypi": str(wheel_index(wheels, build_wheels, log=log)),
+    }
+
+
+def serve(sources, address, run_dir, state):
+    """Serve ``sources`` on ``address`` only; record the server in ``state`` before it starts."""
+    www = pathlib.Path(run_dir) / "www"
+    www.mkdir(parents=True, exist_ok=True)
+    for name, directory in sources.items():
+        with contextlib.suppress(FileNotFoundError):
+            (www / name).unlink()
+        (www / name).symlink_to(directory)
+    port = free_port(address)
+    record = {"name": "package-server", "address": address, "port": port, "log": str(pathlib.Path(run_dir) / "package-server.log")}
+    state.data["servers"].append(record)
+    state.save()
+    process = ManagedProcess(
+        "package-server",
+        [sys.executable, "-m", "http.server", "--bind", address, "--directory", www, str(port)],
+        record["log"],
+    ).start()
+    record["pid"] = process.popen.pid
+    record["start_time"] = _process_start_time(process.popen.pid)
+    state.save()
+    wait_for_port(address, port, 30.0, process)
+    base = f"http://{address}:{port}"
+    return {
+        "url": base,
+        "apt_repository": f"deb [trusted=yes] {base}/debian ./",
+        "pip_index_url": f"{base}/pypi/simple/",
+        "pip_trusted_host": address,
+        "debian_dir": sources["debian"],
+        "pypi_dir": sources["pypi"],
+    }
