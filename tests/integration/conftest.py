@@ -1,0 +1,173 @@
+"""Session-scoped fixtures that start real services on loopback when a test asks.
+
+Nothing starts until a test requests it; everything started is stopped at
+the end of the session.  Service logs stay under
+``cache_dir("logs", <run id>)``; a failing test shows their last lines.
+
+Fixtures: ``keystone``, ``barbican`` (simple_crypto on sqlite, the catalog's
+key-manager endpoint), ``barbican_p11`` (p11_crypto on SoftHSM2, sqlite),
+``barbican_factory(flavour=..., database=...)`` (a new instance per call),
+``mariadb``, ``postgresql`` and ``etcd``.
+"""
+
+import itertools
+import os
+import time
+
+import pytest
+
+from tests.harness.barbican import BarbicanService
+from tests.harness.cache import cache_dir
+from tests.harness.databases import MariaDBServer, PostgreSQLServer
+from tests.harness.etcd import EtcdServer
+from tests.harness.keystone import KeystoneService
+from tests.harness.venvs import ensure_venvs
+
+RUN_ID = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+# Everything started in this session that has a log worth showing on failure.
+_STARTED = []
+
+
+def _track(service):
+    _STARTED.append(service)
+    return service
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):  # pylint: disable=unused-argument
+    report = yield
+    if report.failed and _STARTED:
+        for service in _STARTED:
+            try:
+                lines = service.log_path.read_text(errors="replace").splitlines()[-40:]
+            except OSError:
+                continue
+            report.sections.append((f"log of {service.log_path.stem} ({service.log_path})", "\n".join(lines)))
+    return report
+
+
+class _Servers:
+    """Database and etcd servers, each started on first use and stopped at session end."""
+
+    def __init__(self, tmp_path_factory, log_dir):
+        self._tmp = tmp_path_factory
+        self._log_dir = log_dir
+        self._servers = {}
+
+    def _get(self, name, build):
+        if name not in self._servers:
+            server = build()
+            self._servers[name] = server
+            _track(server)
+            server.start()
+        return self._servers[name]
+
+    def mariadb(self):
+        return self._get("mariadb", lambda: MariaDBServer(self._tmp.mktemp("mariadb"), self._log_dir))
+
+    def postgresql(self):
+        return self._get("postgresql", lambda: PostgreSQLServer(self._log_dir))
+
+    def etcd(self):
+        return self._get("etcd", lambda: EtcdServer(self._tmp.mktemp("etcd"), self._log_dir))
+
+    def stop_all(self):
+        for server in reversed(list(self._servers.values())):
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def harness_log_dir():
+    """Directory of this run's service logs (kept after the run)."""
+    return cache_dir("logs", RUN_ID)
+
+
+@pytest.fixture(scope="session")
+def service_venvs():
+    """The Keystone and Barbican venvs, built side by side on first use."""
+    return ensure_venvs("keystone", "barbican")
+
+
+@pytest.fixture(scope="session")
+def harness_servers(tmp_path_factory, harness_log_dir):
+    servers = _Servers(tmp_path_factory, harness_log_dir)
+    yield servers
+    servers.stop_all()
+
+
+@pytest.fixture(scope="session")
+def mariadb(harness_servers):
+    """MariaDB server; ``create_database(name)`` returns an SQLAlchemy URL."""
+    return harness_servers.mariadb()
+
+
+@pytest.fixture(scope="session")
+def postgresql(harness_servers):
+    """PostgreSQL 15 server; ``create_database(name)`` returns an SQLAlchemy URL."""
+    return harness_servers.postgresql()
+
+
+@pytest.fixture(scope="session")
+def etcd(harness_servers):
+    """Single-member etcd; ``endpoints`` is a list of client URLs."""
+    return harness_servers.etcd()
+
+
+@pytest.fixture(scope="session")
+def keystone(service_venvs, tmp_path_factory, harness_log_dir):
+    """Keystone with admin, kms-plugin, kms-other and an application credential."""
+    service = _track(KeystoneService(service_venvs["keystone"], tmp_path_factory.mktemp("keystone"), harness_log_dir))
+    try:
+        service.start()
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def barbican_factory(service_venvs, keystone, harness_servers, tmp_path_factory, harness_log_dir):
+    """Return a callable that starts a new Barbican instance, stopped at session end.
+
+    ``barbican_factory(flavour="simple_crypto"|"p11_crypto",
+    database="sqlite"|"mariadb"|"postgresql", pg_shim=True,
+    register_in_catalog=False)``.
+    """
+    started = []
+    numbers = itertools.count(1)
+
+    def factory(flavour="simple_crypto", database="sqlite", pg_shim=True, register_in_catalog=False):
+        number = next(numbers)
+        name = f"barbican-{number}-{flavour.replace('_', '-')}-{database}"
+        database_url = None
+        if database == "mariadb":
+            database_url = harness_servers.mariadb().create_database(f"barbican_{number}")
+        elif database == "postgresql":
+            database_url = harness_servers.postgresql().create_database(f"barbican_{number}")
+        service = BarbicanService(
+            service_venvs["barbican"], keystone, tmp_path_factory.mktemp(name), harness_log_dir,
+            flavour=flavour, database=database, database_url=database_url, name=name, pg_shim=pg_shim,
+        )
+        started.append(_track(service))
+        service.start()
+        if register_in_catalog:
+            keystone.register_key_manager(service.url)
+        return service
+
+    try:
+        yield factory
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+@pytest.fixture(scope="session")
+def barbican(barbican_factory):
+    """Barbican with simple_crypto on sqlite; the catalog's key-manager endpoint."""
+    return barbican_factory("simple_crypto", "sqlite", register_in_catalog=True)
+
+
+@pytest.fixture(scope="session")
+def barbican_p11(barbican_factory):
+    """Barbican with p11_crypto on a SoftHSM2 token, sqlite."""
+    return barbican_factory("p11_crypto", "sqlite")
