@@ -1,0 +1,108 @@
+"""Fetch key-encryption keys from Barbican (python-barbicanclient on a keystoneauth1 session)."""
+
+import logging
+import threading
+
+from barbicanclient import client as barbican_client
+from barbicanclient import exceptions as barbican_exceptions
+from keystoneauth1 import exceptions as ks_exceptions
+from keystoneauth1 import loading
+from keystoneauth1 import session as ks_session
+
+from .keyring import FetchError
+
+LOG = logging.getLogger(__name__)
+PAYLOAD_CONTENT_TYPE = "application/octet-stream"
+
+
+def _session(cfg):
+    """A keystoneauth1 session, an endpoint override (or None: use the catalog), region and interface."""
+    if cfg.cloud:
+        # Imported here: openstacksdk is slow to import and only needed for clouds.yaml.
+        import openstack.config  # pylint: disable=import-outside-toplevel
+
+        files = [cfg.clouds_file] if cfg.clouds_file else None
+        try:
+            region = openstack.config.OpenStackConfig(config_files=files).get_one(
+                cloud=cfg.cloud, region_name=cfg.region_name
+            )
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            raise FetchError(f"clouds.yaml entry {cfg.cloud!r} is unusable: {type(exc).__name__}", "config") from None
+        endpoint = cfg.endpoint_override or region.get_endpoint("key-manager")
+        return region.get_session(), endpoint, region.get_region_name("key-manager"), region.get_interface("key-manager") or cfg.interface
+    plugin = loading.get_plugin_loader(cfg.auth_type).load_from_options(**cfg.auth)
+    session = ks_session.Session(auth=plugin, verify=cfg.cacert or True, timeout=cfg.timeout)
+    return session, cfg.endpoint_override, cfg.region_name, cfg.interface
+
+
+def _describe(exc):
+    """A message and a metrics label for a failure, never carrying credentials."""
+    if isinstance(exc, (ks_exceptions.Unauthorized, barbican_exceptions.HTTPAuthError)):
+        return "Keystone rejected the credentials (HTTP 401): check barbican.auth", "unauthorized"
+    if isinstance(exc, ks_exceptions.ConnectFailure):
+        return f"cannot connect: {exc}", "unreachable"
+    if isinstance(exc, ks_exceptions.ConnectTimeout):
+        return f"connection timed out: {exc}", "unreachable"
+    if isinstance(exc, ks_exceptions.EndpointNotFound):
+        return ("no key-manager endpoint in the Keystone catalog for this region and interface: "
+                "set barbican.region_name/interface or barbican.endpoint_override"), "endpoint"
+    if isinstance(exc, ks_exceptions.DiscoveryFailure):
+        return f"cannot discover the API: {exc}", "unreachable"
+    if isinstance(exc, barbican_exceptions.HTTPClientError):
+        status = getattr(exc, "status_code", None)
+        if status == 404:
+            return "Barbican has no such secret (HTTP 404)", "not_found"
+        if status == 403:
+            return "Barbican refused access to the secret (HTTP 403): the plugin's user needs member or an ACL read grant", "forbidden"
+        return f"Barbican answered HTTP {status}", "client_error"
+    if isinstance(exc, barbican_exceptions.HTTPServerError):
+        return f"Barbican failed with HTTP {getattr(exc, 'status_code', '5xx')}", "server_error"
+    if isinstance(exc, ks_exceptions.HttpError):
+        return f"Keystone answered HTTP {exc.http_status}", "keystone_error"
+    if isinstance(exc, ks_exceptions.ClientException):
+        return f"{type(exc).__name__}: {exc}", "error"
+    return f"unexpected {type(exc).__name__}", "error"
+
+
+class BarbicanFetcher:
+    """Reads secret payloads; called by the keyring, never on the RPC path in cached mode."""
+
+    def __init__(self, cfg):
+        self._cfg = cfg
+        self._lock = threading.Lock()
+        self._client = None
+
+    def _get_client(self):
+        with self._lock:
+            if self._client is None:
+                session, endpoint, region_name, interface = _session(self._cfg)
+                # Constructing the client negotiates the API microversion (a request).
+                self._client = barbican_client.Client(
+                    session=session,
+                    endpoint=endpoint,
+                    region_name=region_name,
+                    interface=interface,
+                    service_type="key-manager",
+                )
+            return self._client
+
+    def __call__(self, ref):
+        """Return the payload bytes of the secret ``ref`` or raise FetchError."""
+        try:
+            client = self._get_client()
+            # With the content type given, reading the payload is one GET .../payload.
+            payload = client.secrets.get(ref.ref, payload_content_type=PAYLOAD_CONTENT_TYPE).payload
+        except FetchError:
+            raise
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            message, reason = _describe(exc)
+            if reason in ("unreachable", "endpoint", "error"):
+                # Build a fresh client next time: discovery may have cached a failure.
+                with self._lock:
+                    self._client = None
+            raise FetchError(f"fetching secret {ref.ref} from Barbican failed: {message}", reason) from None
+        if isinstance(payload, str):
+            payload = payload.encode("latin-1")
+        if not isinstance(payload, bytes):
+            raise FetchError(f"secret {ref.ref} has no payload", "bad_key")
+        return payload

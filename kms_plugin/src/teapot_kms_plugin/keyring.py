@@ -1,0 +1,333 @@
+"""The keyring: Barbican secrets in order (the first is primary) and their cache.
+
+Key bytes are fetched at start and refreshed by a background thread before
+they age out, so Encrypt, Decrypt and Status never wait on Barbican while the
+cache is fresh.  A key not confirmed by Barbican for longer than ``max_stale``
+seconds is dropped from memory and no longer used.
+"""
+
+import dataclasses
+import logging
+import re
+import threading
+import time
+import uuid
+
+from . import wrapping
+
+LOG = logging.getLogger(__name__)
+
+_HREF_UUID = re.compile(r"/secrets/([0-9a-fA-F-]{32,36})/?$")
+
+
+class KeyUnavailable(Exception):
+    """A key is configured but cannot be used now (not loaded, or stale)."""
+
+
+class UnknownKey(Exception):
+    """A key_id or key slot that is not in the keyring."""
+
+
+class FetchError(Exception):
+    """Fetching a key failed.  ``reason`` is a short label for metrics."""
+
+    def __init__(self, message, reason="error"):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyRef:
+    """One Barbican secret in the keyring, as configured (a UUID or a full href)."""
+
+    uuid: uuid.UUID
+    ref: str
+
+    @classmethod
+    def parse(cls, text):
+        """Accept a secret UUID or its href (``https://…/v1/secrets/<uuid>``)."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("expected a Barbican secret UUID or href")
+        text = text.strip()
+        candidate = text
+        if "/" in text:
+            match = _HREF_UUID.search(text)
+            if not match or not text.startswith(("http://", "https://")):
+                raise ValueError(f"{text!r} is not a Barbican secret href (https://HOST/v1/secrets/UUID)")
+            candidate = match.group(1)
+        try:
+            parsed = uuid.UUID(candidate)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a Barbican secret UUID or href") from None
+        return cls(parsed, text)
+
+    @property
+    def key_id(self):
+        return wrapping.key_id_for(self.uuid)
+
+
+class _Slot:
+    __slots__ = ("ref", "aead", "fetched_at", "error")
+
+    def __init__(self, ref):
+        self.ref = ref
+        self.aead = None
+        self.fetched_at = None
+        self.error = "not fetched yet"
+
+
+class KeyCache:
+    """Cached keys with bounded staleness, refreshed in the background."""
+
+    def __init__(self, refs, fetch, refresh_interval, max_stale, retry_interval=None, metrics=None, clock=time.monotonic):
+        if not refs:
+            raise ValueError("the keyring needs at least one key")
+        self._fetch = fetch
+        self.refresh_interval = refresh_interval
+        self.max_stale = max_stale
+        self.retry_interval = retry_interval or min(10.0, refresh_interval)
+        self._metrics = metrics
+        self._clock = clock
+        self._lock = threading.Lock()
+        # (refs, {uuid: slot}) swapped as one object, so readers need no lock.
+        self._ring = (tuple(refs), {ref.uuid: _Slot(ref) for ref in refs})
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = None
+
+    # -- reading (the RPC path: no I/O, no waiting) --------------------------
+
+    @property
+    def primary_ref(self):
+        return self._ring[0][0]
+
+    @property
+    def refs(self):
+        return self._ring[0]
+
+    def primary(self):
+        """Return ``(KeyRef, AESGCM)`` of the primary key or raise KeyUnavailable."""
+        refs, slots = self._ring
+        slot = slots[refs[0].uuid]
+        return slot.ref, self._usable(slot)
+
+    def key(self, secret_uuid):
+        """Return the AESGCM of a keyring member or raise UnknownKey/KeyUnavailable."""
+        slot = self._ring[1].get(secret_uuid)
+        if slot is None:
+            raise UnknownKey(f"key_id {wrapping.key_id_for(secret_uuid)} is not in the keyring ({self._known()})")
+        return self._usable(slot)
+
+    def _known(self):
+        return "known: " + ", ".join(ref.key_id for ref in self._ring[0])
+
+    def _usable(self, slot):
+        aead, fetched_at = slot.aead, slot.fetched_at
+        if aead is None:
+            raise KeyUnavailable(f"key {slot.ref.key_id} is not loaded: {slot.error}")
+        age = self._clock() - fetched_at
+        if age > self.max_stale:
+            slot.aead = None
+            raise KeyUnavailable(
+                f"key {slot.ref.key_id} is stale: Barbican last confirmed it {age:.0f}s ago, "
+                f"more than max_stale {self.max_stale:.0f}s; last error: {slot.error}"
+            )
+        return aead
+
+    def status(self):
+        """``(healthy, healthz text, primary key_id)`` from cached state only."""
+        refs, slots = self._ring
+        ref = refs[0]
+        try:
+            self._usable(slots[ref.uuid])
+        except KeyUnavailable as exc:
+            return False, str(exc), ref.key_id
+        return True, "ok", ref.key_id
+
+    def ages(self):
+        """``{key_id: seconds since Barbican last confirmed it}`` for loaded keys."""
+        now = self._clock()
+        return {slot.ref.key_id: now - slot.fetched_at for slot in self._ring[1].values() if slot.fetched_at is not None}
+
+    # -- fetching ------------------------------------------------------------
+
+    def _fetch_into(self, slot):
+        started = time.monotonic()
+        try:
+            material = self._fetch(slot.ref)
+            aead = wrapping.new_aead(material)
+        except FetchError as exc:
+            self._observe(started, exc.reason)
+            dropped = slot.aead is None and slot.fetched_at is not None
+            slot.error = (f"dropped after max_stale {self.max_stale:.0f}s; " if dropped else "") + str(exc)
+            return str(exc)
+        except ValueError as exc:
+            self._observe(started, "bad_key")
+            slot.error = f"secret {slot.ref.ref} is unusable: {exc}"
+            return slot.error
+        self._observe(started, None)
+        # fetched_at before aead: a reader that sees the key always sees its age.
+        slot.fetched_at = self._clock()
+        slot.aead = aead
+        slot.error = "none"
+        return None
+
+    def _observe(self, started, reason):
+        if self._metrics is not None:
+            self._metrics.observe_fetch(time.monotonic() - started, reason)
+
+    def refresh(self):
+        """Fetch every key now; return ``{key_id: error}`` for those that failed."""
+        errors = {}
+        for slot in list(self._ring[1].values()):
+            error = self._fetch_into(slot)
+            if error:
+                errors[slot.ref.key_id] = error
+        return errors
+
+    def replace(self, refs):
+        """Switch to a new keyring (SIGHUP), fetching every key with the current fetcher.
+
+        A key that cannot be fetched now keeps its cached material (still bound
+        by max_stale).  The old keyring stays if the new primary has none.
+        """
+        if not refs:
+            raise ValueError("the keyring needs at least one key")
+        current = self._ring[1]
+        slots = {}
+        errors = {}
+        for ref in refs:
+            slot = _Slot(ref)
+            error = self._fetch_into(slot)
+            if error:
+                errors[ref.key_id] = error
+                old = current.get(ref.uuid)
+                if old is not None and old.aead is not None:
+                    slot.fetched_at, slot.aead = old.fetched_at, old.aead
+            slots[ref.uuid] = slot
+        primary = slots[refs[0].uuid]
+        if primary.aead is None:
+            raise KeyUnavailable(f"new primary key {refs[0].key_id} could not be loaded: {primary.error}")
+        with self._lock:
+            self._ring = (tuple(refs), slots)
+        if errors:
+            self._wake.set()
+        return errors
+
+    @property
+    def fetcher(self):
+        return self._fetch
+
+    def swap_fetcher(self, fetch):
+        self._fetch = fetch
+
+    # -- background refresh --------------------------------------------------
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name="key-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self):
+        delay = self._next_delay(self._failing(), 0)
+        failures = 0
+        while not self._stop.is_set():
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            errors = self.refresh()
+            for key_id, error in errors.items():
+                LOG.warning("refreshing key failed; cached material keeps serving up to max_stale",
+                            extra={"key_id": key_id, "error": error})
+            failures = failures + 1 if errors else 0
+            delay = self._next_delay(bool(errors), failures)
+
+    def _failing(self):
+        return any(slot.aead is None for slot in self._ring[1].values())
+
+    def _next_delay(self, failing, failures):
+        if not failing:
+            return self.refresh_interval
+        return min(self.retry_interval * (2 ** min(failures, 6)), self.refresh_interval)
+
+
+class PerCallKeys:
+    """Fetch the key from Barbican on every call: the design of the upstream plugin.
+
+    Only for comparison (``cache: {mode: per_call}``); never a good idea in
+    production, where every RPC then depends on Barbican and Keystone.
+    """
+
+    def __init__(self, refs, fetch, metrics=None):
+        self._refs = tuple(refs)
+        self._fetch = fetch
+        self._metrics = metrics
+        self._last_error = None
+
+    @property
+    def primary_ref(self):
+        return self._refs[0]
+
+    @property
+    def refs(self):
+        return self._refs
+
+    def _load(self, ref):
+        started = time.monotonic()
+        try:
+            aead = wrapping.new_aead(self._fetch(ref))
+        except FetchError as exc:
+            self._last_error = str(exc)
+            if self._metrics is not None:
+                self._metrics.observe_fetch(time.monotonic() - started, exc.reason)
+            raise KeyUnavailable(f"key {ref.key_id} could not be fetched: {exc}") from None
+        except ValueError as exc:
+            self._last_error = str(exc)
+            raise KeyUnavailable(f"secret {ref.ref} is unusable: {exc}") from None
+        if self._metrics is not None:
+            self._metrics.observe_fetch(time.monotonic() - started, None)
+        self._last_error = None
+        return aead
+
+    def primary(self):
+        return self._refs[0], self._load(self._refs[0])
+
+    def key(self, secret_uuid):
+        for ref in self._refs:
+            if ref.uuid == secret_uuid:
+                return self._load(ref)
+        raise UnknownKey(f"key_id {wrapping.key_id_for(secret_uuid)} is not in the keyring")
+
+    def status(self):
+        if self._last_error:
+            return False, self._last_error, self._refs[0].key_id
+        return True, "ok", self._refs[0].key_id
+
+    def ages(self):
+        return {}
+
+    def refresh(self):
+        return {}
+
+    def replace(self, refs):
+        self._refs = tuple(refs)
+        return {}
+
+    @property
+    def fetcher(self):
+        return self._fetch
+
+    def swap_fetcher(self, fetch):
+        self._fetch = fetch
+
+    def start(self):
+        """Nothing runs in the background in this mode."""
+
+    def stop(self):
+        """Nothing runs in the background in this mode."""

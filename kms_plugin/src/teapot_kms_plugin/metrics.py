@@ -1,0 +1,72 @@
+"""Prometheus metrics, served on a loopback listener of their own."""
+
+import prometheus_client
+from prometheus_client.core import GaugeMetricFamily
+
+_RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_FETCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _KeyringCollector:
+    """Cache age, the current key_id and health, read from the keyring when scraped."""
+
+    def __init__(self, get_keys):
+        self._get_keys = get_keys
+
+    def collect(self):
+        keys = self._get_keys()
+        age = GaugeMetricFamily("teapot_kms_key_cache_age_seconds",
+                                "Seconds since Barbican last confirmed each cached key", labels=["key_id"])
+        for key_id, seconds in sorted(keys.ages().items()):
+            age.add_metric([key_id], seconds)
+        yield age
+        healthy, _healthz, key_id = keys.status()
+        primary = GaugeMetricFamily("teapot_kms_primary_key_info", "The key_id Encrypt uses and Status reports",
+                                    labels=["key_id"])
+        primary.add_metric([key_id], 1)
+        yield primary
+        yield GaugeMetricFamily("teapot_kms_healthy", "1 when Status reports healthz ok", value=1 if healthy else 0)
+        yield GaugeMetricFamily("teapot_kms_keyring_size", "Keys in the keyring (primary included)", value=len(keys.refs))
+
+
+class Metrics:
+    """The daemon's metrics, in a registry of its own."""
+
+    def __init__(self, get_keys):
+        self.registry = prometheus_client.CollectorRegistry()
+        self._rpc_duration = prometheus_client.Histogram(
+            "teapot_kms_rpc_duration_seconds", "KMS RPC latency by method and status code",
+            ["method", "code"], registry=self.registry, buckets=_RPC_BUCKETS)
+        self._fetch_duration = prometheus_client.Histogram(
+            "teapot_kms_barbican_fetch_duration_seconds", "Time to fetch one key from Barbican",
+            registry=self.registry, buckets=_FETCH_BUCKETS)
+        self._fetch_errors = prometheus_client.Counter(
+            "teapot_kms_barbican_fetch_errors", "Failed key fetches from Barbican by reason",
+            ["reason"], registry=self.registry)
+        self._reloads = prometheus_client.Counter(
+            "teapot_kms_reloads", "SIGHUP reloads by result", ["result"], registry=self.registry)
+        self.registry.register(_KeyringCollector(get_keys))
+        self._rpc_children = {}
+        self._server = None
+
+    def observe_rpc(self, method, code, seconds):
+        child = self._rpc_children.get((method, code))
+        if child is None:
+            child = self._rpc_children.setdefault((method, code), self._rpc_duration.labels(method, code))
+        child.observe(seconds)
+
+    def observe_fetch(self, seconds, error_reason):
+        self._fetch_duration.observe(seconds)
+        if error_reason:
+            self._fetch_errors.labels(error_reason).inc()
+
+    def observe_reload(self, result):
+        self._reloads.labels(result).inc()
+
+    def serve(self, host, port):
+        self._server, _thread = prometheus_client.start_http_server(port, addr=host, registry=self.registry)
+
+    def shutdown(self):
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

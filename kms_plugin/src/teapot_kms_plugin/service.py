@@ -1,0 +1,78 @@
+"""The key service: Status, Encrypt and Decrypt, knowing nothing of gRPC."""
+
+
+from . import keyring
+from . import wrapping
+
+API_VERSION = "v2"
+
+# Error codes, by their gRPC names; the transport maps them.
+INVALID_ARGUMENT = "INVALID_ARGUMENT"
+NOT_FOUND = "NOT_FOUND"
+UNAVAILABLE = "UNAVAILABLE"
+
+
+class KmsError(Exception):
+    """A request the service refuses; ``code`` names the gRPC status code."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+class KeyService:
+    """Wraps and unwraps DEK seeds with the keyring's keys."""
+
+    def __init__(self, keys):
+        self.keys = keys
+
+    def status(self):
+        """``(version, healthz, key_id)`` from cached state, with no remote call."""
+        _healthy, healthz, key_id = self.keys.status()
+        return API_VERSION, healthz, key_id
+
+    def encrypt(self, plaintext):
+        """Return ``(ciphertext, key_id, annotations)`` under the primary key."""
+        if not plaintext:
+            raise KmsError(INVALID_ARGUMENT, "plaintext is empty")
+        if len(plaintext) > wrapping.MAX_PLAINTEXT:
+            raise KmsError(INVALID_ARGUMENT, f"plaintext is {len(plaintext)} bytes, more than {wrapping.MAX_PLAINTEXT}")
+        try:
+            ref, aead = self.keys.primary()
+        except keyring.KeyUnavailable as exc:
+            raise KmsError(UNAVAILABLE, str(exc)) from None
+        ciphertext = wrapping.seal(aead, ref.uuid, plaintext)
+        return ciphertext, ref.key_id, wrapping.annotations()
+
+    def decrypt(self, ciphertext, key_id, annotations):
+        """Return the plaintext of a ciphertext that Encrypt made."""
+        if not key_id:
+            raise KmsError(INVALID_ARGUMENT, "key_id is empty")
+        if len(key_id) > wrapping.MAX_KEY_ID:
+            raise KmsError(INVALID_ARGUMENT, f"key_id is {len(key_id)} characters, more than {wrapping.MAX_KEY_ID}")
+        try:
+            secret_uuid = wrapping.parse(ciphertext)
+            wrapping.check_annotations(annotations)
+        except wrapping.FormatError as exc:
+            raise KmsError(INVALID_ARGUMENT, str(exc)) from None
+        expected = wrapping.key_id_for(secret_uuid)
+        if key_id != expected:
+            raise KmsError(
+                INVALID_ARGUMENT,
+                f"key_id {_shorten(key_id)} does not match the key that made this ciphertext ({expected})",
+            )
+        try:
+            aead = self.keys.key(secret_uuid)
+        except keyring.UnknownKey as exc:
+            raise KmsError(NOT_FOUND, str(exc)) from None
+        except keyring.KeyUnavailable as exc:
+            raise KmsError(UNAVAILABLE, str(exc)) from None
+        try:
+            return wrapping.open_sealed(aead, secret_uuid, ciphertext)
+        except wrapping.FormatError as exc:
+            raise KmsError(INVALID_ARGUMENT, str(exc)) from None
+
+
+def _shorten(text, limit=80):
+    text = repr(text)
+    return text if len(text) <= limit else text[:limit] + "...'"

@@ -1,0 +1,133 @@
+"""The ciphertext layout returned by Encrypt (format version 1).
+
+::
+
+    offset  size  field
+    0       2     magic, the bytes "tk"
+    2       1     format version, 1
+    3       16    key slot: the Barbican secret UUID (RFC 4122 bytes)
+    19      12    nonce, random for every Encrypt
+    31      n+16  AES-256-GCM ciphertext of the n plaintext bytes, then the tag
+
+The additional authenticated data is the 19-byte header followed by the
+key_id in UTF-8, so a ciphertext cannot be replayed under another format
+version or presented with another key's key_id.
+"""
+
+import os
+import re
+import uuid
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+MAGIC = b"tk"
+FORMAT_VERSION = 1
+HEADER_SIZE = len(MAGIC) + 1 + 16
+NONCE_SIZE = 12
+TAG_SIZE = 16
+OVERHEAD = HEADER_SIZE + NONCE_SIZE + TAG_SIZE
+KEY_SIZE = 32
+
+# Limits the kube-apiserver enforces on what a plugin returns.
+MAX_CIPHERTEXT = 1024
+MAX_KEY_ID = 1024
+MAX_ANNOTATIONS = 32 * 1024
+MAX_PLAINTEXT = MAX_CIPHERTEXT - OVERHEAD
+
+FORMAT_ANNOTATION = "format.kms.teapot.dev"
+KEY_ID_PREFIX = "barbican:"
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_FQDN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})+")
+
+
+class FormatError(ValueError):
+    """The input is not something this plugin can decrypt; the message says why."""
+
+
+def key_id_for(secret_uuid):
+    """The key_id reported for a Barbican secret: stable, unique, not secret."""
+    return KEY_ID_PREFIX + str(secret_uuid)
+
+
+def annotations():
+    """The annotations Encrypt returns and Decrypt expects back."""
+    return {FORMAT_ANNOTATION: str(FORMAT_VERSION).encode()}
+
+
+def is_fqdn(name):
+    return len(name) <= 253 and _FQDN.fullmatch(name) is not None
+
+
+def check_annotations(given):
+    """Reject annotations the apiserver would not have stored from our Encrypt."""
+    total = 0
+    for key, value in given.items():
+        if not is_fqdn(key):
+            raise FormatError(f"annotation key {_shorten(key)} is not a fully qualified domain name")
+        total += len(key.encode()) + len(value)
+    if total > MAX_ANNOTATIONS:
+        raise FormatError(f"annotations are {total} bytes, more than {MAX_ANNOTATIONS}")
+    expected = str(FORMAT_VERSION).encode()
+    if FORMAT_ANNOTATION not in given:
+        raise FormatError(f"annotation {FORMAT_ANNOTATION} is missing: the ciphertext was not made by this plugin")
+    if given[FORMAT_ANNOTATION] != expected:
+        raise FormatError(
+            f"annotation {FORMAT_ANNOTATION} is {_shorten(given[FORMAT_ANNOTATION])}, expected {expected.decode()}"
+        )
+
+
+def _shorten(value, limit=64):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
+def _header(secret_uuid):
+    return MAGIC + bytes((FORMAT_VERSION,)) + secret_uuid.bytes
+
+
+def seal(aead, secret_uuid, plaintext):
+    """Encrypt ``plaintext`` under ``aead`` (an AESGCM for ``secret_uuid``)."""
+    if not plaintext:
+        raise FormatError("plaintext is empty")
+    if len(plaintext) > MAX_PLAINTEXT:
+        raise FormatError(f"plaintext is {len(plaintext)} bytes, more than {MAX_PLAINTEXT}")
+    header = _header(secret_uuid)
+    nonce = os.urandom(NONCE_SIZE)
+    aad = header + key_id_for(secret_uuid).encode()
+    return header + nonce + aead.encrypt(nonce, plaintext, aad)
+
+
+def parse(ciphertext):
+    """Check the framing of ``ciphertext``; return the UUID of the key that made it."""
+    if not ciphertext:
+        raise FormatError("ciphertext is empty")
+    if len(ciphertext) > MAX_CIPHERTEXT:
+        raise FormatError(f"ciphertext is {len(ciphertext)} bytes, more than {MAX_CIPHERTEXT}")
+    if ciphertext[:len(MAGIC)] != MAGIC:
+        raise FormatError("ciphertext does not start with the teapot-kms magic bytes: it was made by another plugin or is corrupt")
+    if len(ciphertext) < OVERHEAD + 1:
+        raise FormatError(f"ciphertext is truncated: {len(ciphertext)} bytes, at least {OVERHEAD + 1} expected")
+    version = ciphertext[len(MAGIC)]
+    if version != FORMAT_VERSION:
+        raise FormatError(f"ciphertext format version {version} is not supported (this plugin reads version {FORMAT_VERSION})")
+    return uuid.UUID(bytes=bytes(ciphertext[len(MAGIC) + 1:HEADER_SIZE]))
+
+
+def open_sealed(aead, secret_uuid, ciphertext):
+    """Decrypt a ciphertext whose framing :func:`parse` accepted."""
+    header = ciphertext[:HEADER_SIZE]
+    nonce = ciphertext[HEADER_SIZE:HEADER_SIZE + NONCE_SIZE]
+    aad = bytes(header) + key_id_for(secret_uuid).encode()
+    try:
+        return aead.decrypt(nonce, ciphertext[HEADER_SIZE + NONCE_SIZE:], aad)
+    except InvalidTag:
+        raise FormatError("ciphertext failed authentication: it was tampered with, truncated, or made with other key material") from None
+
+
+def new_aead(material):
+    """An AES-256-GCM context for a key; ``material`` must be 32 bytes."""
+    if len(material) != KEY_SIZE:
+        raise ValueError(f"key is {len(material) * 8} bits, an AES-256 key-encryption key needs {KEY_SIZE * 8}")
+    return AESGCM(bytes(material))

@@ -1,0 +1,240 @@
+"""The key service and the ciphertext format: round trips and every malformed input class."""
+
+import os
+import time
+import uuid
+
+import pytest
+from kms_plugin_testing import FakeClock
+
+from teapot_kms_plugin import keyring
+from teapot_kms_plugin import service
+from teapot_kms_plugin import wrapping
+
+SEED = bytes(range(32))
+
+
+def _refused(call, *args):
+    with pytest.raises(service.KmsError) as info:
+        call(*args)
+    return info.value
+
+
+def test_round_trip_and_layout(key_service, two_keys):
+    ciphertext, key_id, annotations = key_service.encrypt(SEED)
+    primary = two_keys.primary_ref
+    assert key_id == f"barbican:{primary.uuid}" == primary.key_id
+    assert ciphertext[:3] == b"tk\x01"
+    assert ciphertext[3:19] == primary.uuid.bytes
+    assert len(ciphertext) == wrapping.OVERHEAD + len(SEED)
+    assert annotations == {"format.kms.teapot.dev": b"1"}
+    assert key_service.decrypt(ciphertext, key_id, annotations) == SEED
+    # A fresh nonce every time.
+    assert key_service.encrypt(SEED)[0] != ciphertext
+
+
+def test_status_reports_primary(key_service, two_keys):
+    assert key_service.status() == ("v2", "ok", two_keys.primary_ref.key_id)
+
+
+def test_every_flipped_byte_is_rejected(key_service):
+    ciphertext, key_id, annotations = key_service.encrypt(SEED)
+    for index in range(len(ciphertext)):
+        tampered = bytearray(ciphertext)
+        tampered[index] ^= 0x01
+        error = _refused(key_service.decrypt, bytes(tampered), key_id, annotations)
+        assert error.code in (service.INVALID_ARGUMENT, service.NOT_FOUND), index
+        assert str(error)
+
+
+def test_every_truncation_is_rejected(key_service):
+    ciphertext, key_id, annotations = key_service.encrypt(SEED)
+    for length in range(len(ciphertext)):
+        error = _refused(key_service.decrypt, ciphertext[:length], key_id, annotations)
+        assert error.code == service.INVALID_ARGUMENT
+        assert any(word in str(error) for word in ("empty", "truncated", "authentication", "magic")), str(error)
+
+
+@pytest.mark.parametrize("ciphertext, message", [
+    (b"", "ciphertext is empty"),
+    (b"tk\x01" + bytes(2000), "more than 1024"),
+    (os.urandom(12) + os.urandom(48), "magic"),
+    (b"tk\x02" + bytes(60), "format version 2 is not supported"),
+    (b"tk\x01" + bytes(20), "truncated"),
+])
+def test_malformed_ciphertexts(key_service, ciphertext, message):
+    key_id = key_service.status()[2]
+    error = _refused(key_service.decrypt, ciphertext, key_id, wrapping.annotations())
+    assert error.code == service.INVALID_ARGUMENT
+    assert message in str(error)
+
+
+def test_key_id_must_match_ciphertext(key_service, two_keys):
+    ciphertext, _key_id, annotations = key_service.encrypt(SEED)
+    other = two_keys.refs[1].key_id
+    error = _refused(key_service.decrypt, ciphertext, other, annotations)
+    assert error.code == service.INVALID_ARGUMENT and "does not match" in str(error)
+    error = _refused(key_service.decrypt, ciphertext, "", annotations)
+    assert "key_id is empty" in str(error)
+    error = _refused(key_service.decrypt, ciphertext, "k" * 2000, annotations)
+    assert "more than 1024" in str(error)
+
+
+def test_slot_swapped_to_other_key_fails_authentication(key_service, two_keys):
+    ciphertext, _key_id, annotations = key_service.encrypt(SEED)
+    other = two_keys.refs[1]
+    forged = ciphertext[:3] + other.uuid.bytes + ciphertext[19:]
+    error = _refused(key_service.decrypt, forged, other.key_id, annotations)
+    assert error.code == service.INVALID_ARGUMENT and "authentication" in str(error)
+
+
+def test_unknown_key_is_named(key_service):
+    ciphertext, _key_id, annotations = key_service.encrypt(SEED)
+    stranger = uuid.uuid4()
+    forged = ciphertext[:3] + stranger.bytes + ciphertext[19:]
+    error = _refused(key_service.decrypt, forged, f"barbican:{stranger}", annotations)
+    assert error.code == service.NOT_FOUND
+    assert f"barbican:{stranger}" in str(error) and "not in the keyring" in str(error)
+
+
+@pytest.mark.parametrize("annotations, message", [
+    ({}, "is missing"),
+    ({"format.kms.teapot.dev": b"2"}, "expected 1"),
+    ({"format.kms.teapot.dev": b"1", "NotAnFQDN": b"x"}, "not a fully qualified domain name"),
+    ({"format.kms.teapot.dev": b"1", "single": b"x"}, "not a fully qualified domain name"),
+    ({"format.kms.teapot.dev": b"1", "big.example.com": bytes(40000)}, "more than 32768"),
+])
+def test_annotations_are_checked(key_service, annotations, message):
+    ciphertext, key_id, _annotations = key_service.encrypt(SEED)
+    error = _refused(key_service.decrypt, ciphertext, key_id, annotations)
+    assert error.code == service.INVALID_ARGUMENT and message in str(error)
+
+
+def test_foreign_annotations_are_accepted(key_service):
+    ciphertext, key_id, annotations = key_service.encrypt(SEED)
+    annotations = dict(annotations, **{"other.example.com": b"kept"})
+    assert key_service.decrypt(ciphertext, key_id, annotations) == SEED
+
+
+@pytest.mark.parametrize("plaintext, message", [(b"", "empty"), (bytes(978), "more than 977")])
+def test_encrypt_rejects_bad_plaintext(key_service, plaintext, message):
+    error = _refused(key_service.encrypt, plaintext)
+    assert error.code == service.INVALID_ARGUMENT and message in str(error)
+
+
+def test_largest_plaintext_fits_the_apiserver_limit(key_service):
+    ciphertext, key_id, annotations = key_service.encrypt(bytes(wrapping.MAX_PLAINTEXT))
+    assert len(ciphertext) == 1024
+    assert key_service.decrypt(ciphertext, key_id, annotations) == bytes(wrapping.MAX_PLAINTEXT)
+
+
+def test_rotation_keeps_old_ciphertexts(fetcher, two_keys):
+    key_service = service.KeyService(two_keys)
+    old_ciphertext, old_key_id, annotations = key_service.encrypt(SEED)
+    newest = fetcher.add()
+    assert two_keys.replace([newest] + list(two_keys.refs)) == {}
+    assert key_service.status() == ("v2", "ok", newest.key_id)
+    new_ciphertext, new_key_id, _ = key_service.encrypt(SEED)
+    assert new_key_id == newest.key_id != old_key_id
+    assert key_service.decrypt(old_ciphertext, old_key_id, annotations) == SEED
+    assert key_service.decrypt(new_ciphertext, new_key_id, annotations) == SEED
+    # Dropping the old key: its ciphertexts now name it as unknown.
+    two_keys.replace([newest])
+    error = _refused(key_service.decrypt, old_ciphertext, old_key_id, annotations)
+    assert error.code == service.NOT_FOUND and old_key_id in str(error)
+
+
+def test_replace_keeps_old_ring_when_new_primary_fails(fetcher, two_keys):
+    missing = keyring.KeyRef.parse(str(uuid.uuid4()))
+    before = two_keys.refs
+    with pytest.raises(keyring.KeyUnavailable, match=missing.key_id):
+        two_keys.replace([missing] + list(before))
+    assert two_keys.refs == before
+    assert two_keys.status()[0]
+
+
+def test_wrong_key_size_is_explained(fetcher):
+    short = fetcher.add(os.urandom(16))
+    cache = keyring.KeyCache([short], fetcher, refresh_interval=300, max_stale=3600)
+    errors = cache.refresh()
+    assert "128 bits" in errors[short.key_id] and "256" in errors[short.key_id]
+    healthy, healthz, _ = cache.status()
+    assert not healthy and "128 bits" in healthz
+
+
+def test_staleness_rule(fetcher):
+    clock = FakeClock()
+    ref = fetcher.add()
+    cache = keyring.KeyCache([ref], fetcher, refresh_interval=10, max_stale=100, clock=clock)
+    assert cache.refresh() == {}
+    key_service = service.KeyService(cache)
+    ciphertext, key_id, annotations = key_service.encrypt(SEED)
+    fetcher.fail = "cannot connect: Barbican is down"
+    clock.now += 50
+    assert cache.refresh() == {ref.key_id: "cannot connect: Barbican is down"}
+    # Within max_stale: still healthy and serving from cache.
+    assert key_service.status()[1] == "ok"
+    assert key_service.decrypt(ciphertext, key_id, annotations) == SEED
+    clock.now += 51
+    _version, healthz, reported = key_service.status()
+    assert reported == ref.key_id
+    assert "stale" in healthz and "max_stale 100s" in healthz and "Barbican is down" in healthz
+    assert _refused(key_service.encrypt, SEED).code == service.UNAVAILABLE
+    assert _refused(key_service.decrypt, ciphertext, key_id, annotations).code == service.UNAVAILABLE
+    # Barbican back: the next refresh restores service.
+    fetcher.fail = None
+    assert cache.refresh() == {}
+    assert key_service.status()[1] == "ok"
+    assert key_service.decrypt(ciphertext, key_id, annotations) == SEED
+
+
+def test_not_loaded_at_start_reports_reason(fetcher):
+    fetcher.fail = "cannot connect: connection refused"
+    ref = fetcher.add()
+    cache = keyring.KeyCache([ref], fetcher, refresh_interval=10, max_stale=100)
+    assert ref.key_id in cache.refresh()
+    healthy, healthz, key_id = cache.status()
+    assert not healthy and key_id == ref.key_id
+    assert "not loaded" in healthz and "connection refused" in healthz
+
+
+def test_background_refresh_retries_until_loaded(fetcher):
+    fetcher.fail = "cannot connect"
+    ref = fetcher.add()
+    cache = keyring.KeyCache([ref], fetcher, refresh_interval=5, max_stale=100, retry_interval=0.05)
+    cache.refresh()
+    cache.start()
+    try:
+        fetcher.fail = None
+        for _ in range(200):
+            if cache.status()[0]:
+                break
+            time.sleep(0.05)
+        assert cache.status() == (True, "ok", ref.key_id)
+    finally:
+        cache.stop()
+
+
+def test_per_call_mode_fetches_every_time(fetcher):
+    ref = fetcher.add()
+    keys = keyring.PerCallKeys([ref], fetcher)
+    key_service = service.KeyService(keys)
+    ciphertext, key_id, annotations = key_service.encrypt(SEED)
+    before = fetcher.calls
+    assert key_service.decrypt(ciphertext, key_id, annotations) == SEED
+    assert fetcher.calls == before + 1
+
+
+@pytest.mark.parametrize("text", [
+    "not-a-uuid", "http://example/v1/orders/0f6e2f5a-8a51-4f4e-8f27-8c1f7d3b2a10", "ftp://h/v1/secrets/0f6e2f5a-8a51-4f4e-8f27-8c1f7d3b2a10", "", 5,
+])
+def test_key_ref_rejects(text):
+    with pytest.raises(ValueError):
+        keyring.KeyRef.parse(text)
+
+
+def test_key_ref_accepts_uuid_and_href():
+    plain = keyring.KeyRef.parse("0f6e2f5a-8a51-4f4e-8f27-8c1f7d3b2a10")
+    href = keyring.KeyRef.parse("https://kms.example:9311/v1/secrets/0f6e2f5a-8a51-4f4e-8f27-8c1f7d3b2a10")
+    assert plain.key_id == href.key_id == "barbican:0f6e2f5a-8a51-4f4e-8f27-8c1f7d3b2a10"
+    assert href.ref.startswith("https://")

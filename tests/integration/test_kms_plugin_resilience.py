@@ -1,0 +1,124 @@
+"""The plugin daemon when things change: rotation by SIGHUP, Barbican going away, starting without it."""
+
+import os
+import re
+import time
+import uuid
+
+import grpc
+import pytest
+
+from tests.harness.kms_plugin import order_kek, password_barbican_section
+from tests.integration.test_kms_plugin import kms_client_module, kms_venv, start_plugin  # noqa: F401 pylint: disable=unused-import
+
+pytestmark = pytest.mark.slow
+SEED = os.urandom(32)
+
+
+def _key_id(href):
+    return f"barbican:{uuid.UUID(href.rstrip('/').rsplit('/', 1)[1])}"
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not happen within {timeout:.0f}s")
+
+
+def test_rotation_by_sighup(keystone, barbican, start_plugin, kms_client_module, tmp_path):  # noqa: F811
+    key_a = order_kek(barbican, keystone.plugin_user, "kek-rotate-a")
+    section = password_barbican_section(keystone.plugin_user, tmp_path / "secrets", endpoint_override=barbican.url)
+    plugin = start_plugin({"barbican": section, "keys": [key_a]})
+    socket_inode = os.stat(plugin.socket).st_ino
+    with kms_client_module.KmsClient(plugin.socket) as client:
+        old = client.encrypt(SEED, uid="before-rotation")
+        assert old.key_id == _key_id(key_a)
+
+        key_b = order_kek(barbican, keystone.plugin_user, "kek-rotate-b")
+        plugin.write_config(keys=[key_b, key_a])
+        plugin.reload()
+        _wait_for(lambda: client.status().key_id == _key_id(key_b), 30, "Status reporting the new key_id")
+        assert client.status().healthz == "ok"
+        assert os.stat(plugin.socket).st_ino == socket_inode and plugin.process.running()
+
+        new = client.encrypt(SEED, uid="after-rotation")
+        assert new.key_id == _key_id(key_b)
+        assert client.decrypt(new.ciphertext, new.key_id, dict(new.annotations)).plaintext == SEED
+        assert client.decrypt(old.ciphertext, old.key_id, dict(old.annotations)).plaintext == SEED
+
+        # A broken reload keeps the running keyring.
+        plugin.write_config(keys=["not-a-key"])
+        plugin.reload()
+        _wait_for(lambda: "reload refused" in plugin.log_text(), 30, "the refused reload being logged")
+        assert client.status().key_id == _key_id(key_b)
+
+        # Dropping A: its ciphertexts are refused with an error naming it.
+        plugin.write_config(keys=[key_b])
+        plugin.reload()
+        _wait_for(lambda: plugin.log_text().count('"msg": "reloaded"') >= 2, 30, "the second reload")
+        with pytest.raises(grpc.RpcError) as info:
+            client.decrypt(old.ciphertext, old.key_id, dict(old.annotations))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND and _key_id(key_a) in info.value.details()
+    assert 'teapot_kms_reloads_total{result="ok"} 2.0' in plugin.metrics_text()
+
+
+def test_barbican_outage_serves_until_max_stale(keystone, barbican_factory, start_plugin, kms_client_module, tmp_path):  # noqa: F811
+    own_barbican = barbican_factory()
+    href = order_kek(own_barbican, keystone.plugin_user, "kek-outage")
+    max_stale = 10
+    section = password_barbican_section(keystone.plugin_user, tmp_path / "secrets", endpoint_override=own_barbican.url)
+    plugin = start_plugin({"barbican": section, "keys": [href],
+                           "cache": {"refresh_interval": 1, "retry_interval": 0.5, "max_stale": max_stale}})
+    with kms_client_module.KmsClient(plugin.socket) as client:
+        made = client.encrypt(SEED)
+        stopped_at = time.monotonic()
+        own_barbican.stop()
+
+        # Refreshes now fail, yet everything keeps serving from the cache.
+        _wait_for(lambda: "teapot_kms_barbican_fetch_errors_total" in plugin.metrics_text(), 30, "a failed refresh")
+        assert time.monotonic() - stopped_at < max_stale - 1, "the machine is too slow for this test's max_stale"
+        assert client.status().healthz == "ok"
+        assert client.decrypt(made.ciphertext, made.key_id, dict(made.annotations)).plaintext == SEED
+        assert client.encrypt(SEED).key_id == _key_id(href)
+
+        healthz = _wait_for(lambda: (lambda h: h if h != "ok" else None)(client.status().healthz), 60, "Status turning unhealthy")
+        unhealthy_after = time.monotonic() - stopped_at
+        assert "stale" in healthz and f"max_stale {max_stale}s" in healthz and "cannot connect" in healthz
+        confirmed_ago = int(re.search(r"last confirmed it (\d+)s ago", healthz).group(1))
+        assert confirmed_ago >= max_stale
+        # The last good refresh began at most refresh_interval (1s) before the stop began.
+        assert unhealthy_after >= max_stale - 2
+        code, status = plugin.status_command()
+        assert code == 1 and status["key_id"] == _key_id(href)
+        with pytest.raises(grpc.RpcError) as info:
+            client.encrypt(SEED)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "max_stale" in info.value.details()
+
+        own_barbican.start()
+        _wait_for(lambda: client.status().healthz == "ok", 60, "recovery after Barbican came back")
+        assert client.decrypt(made.ciphertext, made.key_id, dict(made.annotations)).plaintext == SEED
+
+
+def test_start_with_barbican_down(keystone, barbican_factory, start_plugin, kms_client_module, tmp_path):  # noqa: F811
+    own_barbican = barbican_factory()
+    href = order_kek(own_barbican, keystone.plugin_user, "kek-down-at-start")
+    own_barbican.stop()
+    section = password_barbican_section(keystone.plugin_user, tmp_path / "secrets", endpoint_override=own_barbican.url)
+    plugin = start_plugin({"barbican": section, "keys": [href], "cache": {"refresh_interval": 5, "retry_interval": 0.5}})
+    code, status = plugin.status_command()
+    assert code == 1
+    assert status["key_id"] == _key_id(href)
+    assert "not loaded" in status["healthz"] and "cannot connect" in status["healthz"]
+    assert "cannot load key" in plugin.log_text() and "retried every" in plugin.log_text()
+    with kms_client_module.KmsClient(plugin.socket) as client:
+        with pytest.raises(grpc.RpcError) as info:
+            client.encrypt(SEED)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and _key_id(href) in info.value.details()
+        own_barbican.start()
+        _wait_for(lambda: client.status().healthz == "ok", 60, "the plugin loading its key once Barbican is up")
+        made = client.encrypt(SEED)
+        assert client.decrypt(made.ciphertext, made.key_id, dict(made.annotations)).plaintext == SEED
