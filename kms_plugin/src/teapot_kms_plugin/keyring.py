@@ -127,11 +127,11 @@ class KeyCache:
             raise KeyUnavailable(f"key {slot.ref.key_id} is not loaded: {slot.error}")
         age = self._clock() - fetched_at
         if age > self.max_stale:
+            message = (f"key {slot.ref.key_id} is stale: Barbican last confirmed it {age:.0f}s ago, "
+                       f"more than max_stale {self.max_stale:.0f}s; last error: {slot.error}")
+            slot.error = f"dropped after max_stale {self.max_stale:.0f}s; last error: {slot.error}"
             slot.aead = None
-            raise KeyUnavailable(
-                f"key {slot.ref.key_id} is stale: Barbican last confirmed it {age:.0f}s ago, "
-                f"more than max_stale {self.max_stale:.0f}s; last error: {slot.error}"
-            )
+            raise KeyUnavailable(message)
         return aead
 
     def status(self):
