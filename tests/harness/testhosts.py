@@ -93,9 +93,9 @@ def file_lock(path):
 # The Debian mirror this machine's apt uses
 
 
-def _sources_entries():
-    """Yield (uris, suites, components) of every enabled apt source here."""
-    etc = pathlib.Path("/etc/apt")
+def _sources_entries(etc):
+    """Yield (uris, suites, components) of every enabled apt source below ``etc``."""
+    etc = pathlib.Path(etc)
     one_line_files = [etc / "sources.list"] + sorted((etc / "sources.list.d").glob("*.list"))
     for path in one_line_files:
         if not path.is_file():
@@ -126,12 +126,12 @@ def _sources_entries():
             yield fields.get("uris", []), fields.get("suites", []), fields.get("components", [])
 
 
-def debian_mirror(suite=SUITE):
+def debian_mirror(suite=SUITE, apt_etc="/etc/apt"):
     """Return the URI of the mirror that apt on this machine uses for ``suite`` main."""
     override = os.environ.get("TEAPOT_KMS_DEBIAN_MIRROR")
     if override:
         return override
-    for uris, suites, components in _sources_entries():
+    for uris, suites, components in _sources_entries(apt_etc):
         if suite in suites and "main" in components and uris:
             return uris[0]
     raise TestHostError(
