@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Latency and throughput of the KMS plugin over its unix socket, side by side with
 a no-op gRPC server (the floor) and the plugin fetching its key from Barbican on
 every call (``cache: {mode: per_call}``, the upstream plugin's design).
@@ -48,7 +47,7 @@ def worker(socket_path, method, start_at, seconds):
         "Decrypt": lambda: client.decrypt(ciphertext, key_id, annotations, uid="bench"),
     }
     call = calls[method]
-    for _ in range(20):
+    for _warmup in range(20):
         call()
     while time.time() < start_at:
         time.sleep(0.001)
@@ -74,12 +73,12 @@ def run_load(python, socket_path, method, clients, seconds):
     procs = [
         subprocess.Popen([python, __file__, "--worker", socket_path, method, repr(start_at), repr(seconds)],
                          stdout=subprocess.PIPE, text=True)
-        for _ in range(clients)
+        for _client in range(clients)
     ]
     latencies = []
     elapsed = 0.0
     for proc in procs:
-        out, _ = proc.communicate(timeout=seconds + 120)
+        out, _err = proc.communicate(timeout=seconds + 120)
         if proc.returncode != 0:
             raise RuntimeError(f"bench worker for {method} on {socket_path} failed with {proc.returncode}")
         result = json.loads(out)

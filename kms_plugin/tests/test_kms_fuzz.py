@@ -23,7 +23,7 @@ _fqdn = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,10}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{
 def near_miss_ciphertexts(draw, valid):
     """Valid ciphertexts mutated: flips, cuts, splices, extensions."""
     data = bytearray(draw(st.sampled_from(valid)))
-    for _ in range(draw(st.integers(1, 4))):
+    for _entry in range(draw(st.integers(1, 4))):
         action = draw(st.sampled_from(["flip", "cut", "extend", "splice"]))
         if action == "flip" and data:
             index = draw(st.integers(0, len(data) - 1))
@@ -48,7 +48,7 @@ def _inputs(valid, key_ids):
 
 
 def _valid_material(key_service, count=8):
-    made = [key_service.encrypt(os.urandom(32)) for _ in range(count)]
+    made = [key_service.encrypt(os.urandom(32)) for _made in range(count)]
     return [ciphertext for ciphertext, _k, _a in made], sorted({key_id for _c, key_id, _a in made})
 
 

@@ -134,7 +134,7 @@ def test_rotation_keeps_old_ciphertexts(fetcher, two_keys):
     newest = fetcher.add()
     assert two_keys.replace([newest] + list(two_keys.refs)) == {}
     assert key_service.status() == ("v2", "ok", newest.key_id)
-    new_ciphertext, new_key_id, _ = key_service.encrypt(SEED)
+    new_ciphertext, new_key_id, _annotations = key_service.encrypt(SEED)
     assert new_key_id == newest.key_id != old_key_id
     assert key_service.decrypt(old_ciphertext, old_key_id, annotations) == SEED
     assert key_service.decrypt(new_ciphertext, new_key_id, annotations) == SEED
@@ -158,7 +158,7 @@ def test_wrong_key_size_is_explained(fetcher):
     cache = keyring.KeyCache([short], fetcher, refresh_interval=300, max_stale=3600)
     errors = cache.refresh()
     assert "128 bits" in errors[short.key_id] and "256" in errors[short.key_id]
-    healthy, healthz, _ = cache.status()
+    healthy, healthz, _reason = cache.status()
     assert not healthy and "128 bits" in healthz
 
 
@@ -206,7 +206,7 @@ def test_background_refresh_retries_until_loaded(fetcher):
     cache.start()
     try:
         fetcher.fail = None
-        for _ in range(200):
+        for _attempt in range(200):
             if cache.status()[0]:
                 break
             time.sleep(0.05)

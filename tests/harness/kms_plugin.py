@@ -69,7 +69,7 @@ def order_kek(barbican, creds, name):
     order = client.orders.create_key(name=name, algorithm="aes", bit_length=256, mode="gcm",
                                      payload_content_type="application/octet-stream")
     order_ref = order.submit()
-    for _ in range(60):
+    for _attempt in range(60):
         order = client.orders.get(order_ref)
         if order.status == "ACTIVE":
             return order.secret_ref

@@ -179,10 +179,11 @@ def test_fuzz_decrypt_through_daemon(served, kms_client_module):
     made = client.encrypt(SEED)
     valid = made.ciphertext
 
+    truncated_or_extended = st.builds(lambda cut, tail: valid[:cut] + tail, st.integers(0, len(valid)), st.binary(max_size=64))
+
     @settings(max_examples=int(os.environ.get("TEAPOT_KMS_FUZZ_EXAMPLES", "150")) // 2 or 1, deadline=None,
               suppress_health_check=list(HealthCheck))
-    @given(st.one_of(st.binary(max_size=1100), st.builds(lambda cut, tail: valid[:cut] + tail, st.integers(0, len(valid)),
-                                                           st.binary(max_size=64))),
+    @given(st.one_of(st.binary(max_size=1100), truncated_or_extended),
            st.one_of(st.just(made.key_id), st.text(max_size=40)),
            st.dictionaries(st.text(max_size=20), st.binary(max_size=20), max_size=3),
            st.text(max_size=40))

@@ -85,7 +85,11 @@ def test_barbican_outage_serves_until_max_stale(keystone, barbican_factory, star
         assert client.decrypt(made.ciphertext, made.key_id, dict(made.annotations)).plaintext == SEED
         assert client.encrypt(SEED).key_id == _key_id(href)
 
-        healthz = _wait_for(lambda: (lambda h: h if h != "ok" else None)(client.status().healthz), 60, "Status turning unhealthy")
+        def unhealthy_reason():
+            healthz = client.status().healthz
+            return None if healthz == "ok" else healthz
+
+        healthz = _wait_for(unhealthy_reason, 60, "Status turning unhealthy")
         unhealthy_after = time.monotonic() - stopped_at
         assert "stale" in healthz and f"max_stale {max_stale}s" in healthz and "cannot connect" in healthz
         confirmed_ago = int(re.search(r"last confirmed it (\d+)s ago", healthz).group(1))

@@ -64,7 +64,7 @@ def test_tarball_holds_no_development_files(built_tarball):
 def test_tarball_installs(built_tarball, tmp_path):
     target = tmp_path / "collections"
     result = subprocess.run(
-        [str(GALAXY), "collection", "install", "--offline", "-p", str(target), str(built_tarball)],
+        [str(GALAXY), "collection", "install", "--offline", "--force", "-p", str(target), str(built_tarball)],
         check=False, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr

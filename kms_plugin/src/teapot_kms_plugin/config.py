@@ -202,7 +202,7 @@ def _listen(raw):
         return None
     if not isinstance(raw, str) or ":" not in raw:
         raise ConfigError(f"metrics.listen: expected HOST:PORT, got {raw!r}")
-    host, _, port = raw.rpartition(":")
+    host, _sep, port = raw.rpartition(":")
     host = host.strip("[]")
     try:
         ipaddress.ip_address(host)
