@@ -8,6 +8,7 @@ PostgreSQL (the latter through the collection's shim,
 False`` makes orders complete inside the POST, so no worker is needed.
 """
 
+import concurrent.futures
 import os
 import pathlib
 import shutil
@@ -159,13 +160,16 @@ class BarbicanService:
 
     def _prepare(self):
         self._write_config()
-        if self.token is not None:
-            self.token.initialise()
-            for key in ("mkek", "hmac"):
-                if not self._manage("hsm", f"check_{key}", check=False):
-                    self._manage("hsm", f"gen_{key}")
-                self._manage("hsm", f"check_{key}")
-        self._manage("db", "upgrade")
+        # The schema and the HSM keys are independent: prepare them side by side.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            upgrade = pool.submit(self._manage, "db", "upgrade")
+            if self.token is not None:
+                self.token.initialise()
+                for key in ("mkek", "hmac"):
+                    # gen_* refuses an existing label: generate only what is missing.
+                    if not self._manage("hsm", f"check_{key}", check=False):
+                        self._manage("hsm", f"gen_{key}")
+            upgrade.result()
         self._prepared = True
 
     # -- lifecycle ---------------------------------------------------------
