@@ -218,7 +218,7 @@ def prepare(rootfs, debs=(), wheels=(), build_wheels=(), log=sys.stderr):
     }
 
 
-def serve(sources, address, run_dir, state):
+def serve(sources, address, run_dir, state, log_dir):
     """Serve ``sources`` on ``address`` only; record the server in ``state`` before it starts."""
     www = pathlib.Path(run_dir) / "www"
     www.mkdir(parents=True, exist_ok=True)
@@ -227,7 +227,7 @@ def serve(sources, address, run_dir, state):
             (www / name).unlink()
         (www / name).symlink_to(directory)
     port = free_port(address)
-    record = {"name": "package-server", "address": address, "port": port, "log": str(pathlib.Path(run_dir) / "package-server.log")}
+    record = {"name": "package-server", "address": address, "port": port, "log": str(pathlib.Path(log_dir) / "package-server.log")}
     state.data["servers"].append(record)
     state.save()
     process = ManagedProcess(

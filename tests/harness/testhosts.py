@@ -6,6 +6,7 @@ Library and command line::
     python -m tests.harness.testhosts up --state STATE.json --host alpha --host beta \\
         [--deb curl ...] [--wheel prometheus-client ...] [--build-wheel NAME ...]
     python -m tests.harness.testhosts down --state STATE.json
+    python -m tests.harness.testhosts prune
 
 ``up`` builds (once) a cached bookworm rootfs, creates a bridge that only this
 run uses, boots one container per host on an overlay of that rootfs with a
@@ -15,8 +16,10 @@ address (see ``pkgrepo``).  It prints the state as JSON.
 
 ``down`` undoes everything that the state file records.  The state file is
 written before each resource is created, so ``down`` also cleans up after an
-aborted ``up``; running it twice is harmless.  The hosts have no route
-anywhere but their bridge.
+aborted ``up``; running it twice is harmless.  ``prune`` does the same for
+runs whose state file was lost but whose processes are all gone.  Console
+and package-server logs stay in ``cache_dir("logs", "testhosts", RUN_ID)``.
+The hosts have no route anywhere but their bridge.
 """
 
 import argparse
@@ -216,6 +219,12 @@ class State:
         self.path = pathlib.Path(path)
         self.data = data if data is not None else {}
 
+    @property
+    def copy_path(self):
+        """A copy inside the run directory, so that ``prune`` finds runs whose state file was lost."""
+        run_dir = self.data.get("run_dir")
+        return pathlib.Path(run_dir) / "state.json" if run_dir else None
+
     @classmethod
     def load(cls, path):
         path = pathlib.Path(path)
@@ -224,10 +233,16 @@ class State:
         return cls(path, json.loads(path.read_text(encoding="utf-8")))
 
     def save(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        for path in (self.path, self.copy_path):
+            if path is None or (path != self.path and not path.parent.is_dir()):
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+
+    def processes_alive(self):
+        return any(_alive(record) for record in self.data.get("hosts", []) + self.data.get("servers", []))
 
 
 def _process_start_time(pid):
@@ -506,12 +521,21 @@ def up(state_path, hosts, debs=(), wheels=(), build_wheels=(), log=sys.stderr):
     if len(set(hosts)) != len(hosts):
         raise TestHostError(f"host names repeat: {hosts}")
     existing = State.load(state_path)
-    if existing is not None and existing.data.get("hosts"):
-        raise TestHostError(f"{state_path} describes a run that is still up: run down first")
+    if existing is not None:
+        if existing.processes_alive():
+            raise TestHostError(f"{state_path} describes a run that is still up: run down first")
+        down(state_path, log=log)
 
     run_id = uuid.uuid4().hex[:8]
     run_dir = cache_dir("runs", run_id)
-    state = State(state_path, {"run_id": run_id, "run_dir": str(run_dir), "hosts": [], "servers": []})
+    with file_lock(run_dir / "up.lock"):
+        return _up_locked(state_path, run_id, run_dir, hosts, debs, wheels, build_wheels, log)
+
+
+def _up_locked(state_path, run_id, run_dir, hosts, debs, wheels, build_wheels, log):
+    # Logs outlive the run (down removes run_dir): console output explains a failed converge.
+    log_dir = cache_dir("logs", "testhosts", run_id)
+    state = State(state_path, {"run_id": run_id, "run_dir": str(run_dir), "log_dir": str(log_dir), "hosts": [], "servers": []})
     state.save()
     try:
         _up(state, run_dir, list(hosts), debs, wheels, build_wheels, log)
@@ -527,7 +551,8 @@ def _up(state, run_dir, names, debs, wheels, build_wheels, log):
     from tests.harness import pkgrepo  # pylint: disable=import-outside-toplevel
 
     started = time.monotonic()
-    rootfs = build_rootfs(log=run_dir / "debootstrap.log")
+    log_dir = pathlib.Path(state.data["log_dir"])
+    rootfs = build_rootfs(log=log_dir / "debootstrap.log")
     print(f"testhosts: rootfs {rootfs} ready after {time.monotonic() - started:.0f}s", file=log)
     sources = pkgrepo.prepare(rootfs, debs=debs, wheels=wheels, build_wheels=build_wheels, log=log)
     print(f"testhosts: package sources ready after {time.monotonic() - started:.0f}s", file=log)
@@ -563,7 +588,7 @@ def _up(state, run_dir, names, debs, wheels, build_wheels, log):
         for sub in ("upper", "work", "merged"):
             (host_dir / sub).mkdir(parents=True, exist_ok=True)
         host["merged"] = str(merged)
-        host["log"] = str(host_dir / "console.log")
+        host["log"] = str(log_dir / f"{host['name']}-console.log")
         state.data["hosts"].append(host)
         state.save()
         _run([
@@ -600,7 +625,7 @@ def _up(state, run_dir, names, debs, wheels, build_wheels, log):
         state.save()
         processes[host["name"]] = process
 
-    server = pkgrepo.serve(sources, str(gateway), run_dir, state)
+    server = pkgrepo.serve(sources, str(gateway), run_dir, state, log_dir)
     state.data["package_sources"] = server
     state.save()
 
@@ -627,6 +652,31 @@ def _stop_record(record, grace, log):
             os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def prune(log=sys.stderr):
+    """Tear down runs that nothing uses any more: no ``up`` in progress and none of their processes alive.
+
+    For runs whose state file went away (a deleted Molecule ephemeral directory,
+    for instance); a run that is still up is never touched.
+    """
+    pruned = []
+    for run_dir in sorted(cache_dir("runs").iterdir()):
+        copy = run_dir / "state.json"
+        if not run_dir.is_dir() or not copy.is_file():
+            continue
+        with open(run_dir / "up.lock", "a", encoding="utf-8") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # up is running
+            state = State.load(copy)
+            if state is None or state.processes_alive():
+                continue
+            print(f"testhosts: pruning run {run_dir.name}", file=log)
+            down(copy, log=log)
+            pruned.append(run_dir.name)
+    return pruned
 
 
 def down(state_path, log=sys.stderr):
@@ -692,6 +742,7 @@ def main(argv=None):
     up_parser.add_argument("--build-wheel", action="append", default=[], help="requirement to build with pip wheel (repeat)")
     down_parser = sub.add_parser("down", help="tear down what a state file records")
     down_parser.add_argument("--state", required=True)
+    sub.add_parser("prune", help="tear down runs whose processes are all gone (their state file may be lost)")
     args = parser.parse_args(argv)
     try:
         if args.command == "rootfs":
@@ -699,6 +750,9 @@ def main(argv=None):
         elif args.command == "up":
             data = up(args.state, args.host, args.deb, args.wheel, args.build_wheel)
             print(json.dumps(data, indent=2, sort_keys=True))
+        elif args.command == "prune":
+            for run_id in prune():
+                print(run_id)
         else:
             down(args.state)
     except TestHostError as error:

@@ -136,3 +136,26 @@ def test_down_cleans_up_after_an_aborted_up(tmp_path):
     down = _cli("down", "--state", state_path)
     assert down.returncode == 0, down.stderr
     _assert_nothing_left(state)
+
+
+def test_prune_cleans_up_runs_whose_state_file_was_lost(tmp_path):
+    state_path = tmp_path / "state.json"
+    result = _cli("up", "--state", state_path, "--host", "zeta")
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads(result.stdout)
+    # A run that is up is never pruned.
+    first = _cli("prune")
+    assert first.returncode == 0, first.stderr
+    assert state["run_id"] not in first.stdout.split()
+    assert _link_exists(state["bridge"])
+    # Its state file lost and its processes gone: prune finds it through the copy in its run directory.
+    state_path.unlink()
+    os.kill(state["servers"][0]["pid"], signal.SIGKILL)
+    os.kill(state["hosts"][0]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while testhosts._alive(state["hosts"][0]) and time.monotonic() < deadline:  # pylint: disable=protected-access
+        time.sleep(0.1)
+    second = _cli("prune")
+    assert second.returncode == 0, second.stderr
+    assert state["run_id"] in second.stdout.split()
+    _assert_nothing_left(state)
