@@ -1,0 +1,285 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) teapot.kms contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+DOCUMENTATION = r'''
+module: kms_plugin_info
+short_description: Report the state of the teapot KMS plugin on a host
+version_added: 0.1.0
+description:
+  - Calls the plugin's KMS v2 C(Status) over its unix socket (C(teapot-kms-plugin status)) and reports
+    C(healthz), C(key_id) and C(version).
+  - Reads the plugin's configuration for the configured keys (as key_ids, primary first) and its metrics
+    endpoint for the keys currently loaded in memory.
+  - Reports the systemd state of the plugin's service.
+extends_documentation_fragment:
+  - teapot.kms.attributes.INFO_MODULE
+options:
+  command:
+    description:
+      - The C(teapot-kms-plugin) executable, inside the plugin's venv.
+    type: path
+    default: /opt/teapot-kms/venv/bin/teapot-kms-plugin
+  config:
+    description:
+      - The plugin's configuration file. Its C(socket) is used when O(socket) is not set.
+    type: path
+    default: /etc/teapot-kms/kms-plugin.yaml
+  socket:
+    description:
+      - The plugin's unix socket. Defaults to the configuration's C(socket).
+    type: path
+  service:
+    description:
+      - The systemd unit of the plugin. Empty to skip the service state.
+    type: str
+    default: teapot-kms-plugin.service
+  timeout:
+    description:
+      - Seconds to wait for the plugin to answer C(Status).
+    type: int
+    default: 5
+requirements:
+  - the plugin installed on the host (for example by the teapot.kms.kms_plugin role)
+seealso:
+  - module: teapot.kms.barbican_key
+author:
+  - teapot.kms maintainers (@teapot-kms)
+'''
+
+EXAMPLES = r'''
+- name: Wait until the plugin is healthy with the new key
+  teapot.kms.kms_plugin_info:
+  register: kms_plugin
+  until: kms_plugin.status.healthy and kms_plugin.status.key_id == kms_plugin.configured_key_ids[0]
+  retries: 30
+  delay: 2
+
+- name: Show what the plugin reports
+  ansible.builtin.debug:
+    msg: "{{ kms_plugin.status.key_id }} ({{ kms_plugin.status.healthz }}), service {{ kms_plugin.service.active_state }}"
+'''
+
+RETURN = r'''
+status:
+  description: The plugin's answer to C(Status).
+  returned: always
+  type: dict
+  contains:
+    reachable:
+      description: Whether the socket answered.
+      type: bool
+    healthy:
+      description: Whether C(healthz) is C(ok).
+      type: bool
+    healthz:
+      description: C(ok), or why the plugin is unhealthy or unreachable.
+      type: str
+      sample: ok
+    key_id:
+      description: The key_id of the primary key.
+      type: str
+      sample: barbican:5e7a0c1e-3f5b-4c4e-9a55-0b0c2d1e4f60
+    version:
+      description: The KMS API version.
+      type: str
+      sample: v2
+socket:
+  description: The socket that was asked.
+  returned: always
+  type: str
+  sample: /run/teapot-kms/kms.sock
+configured_key_ids:
+  description: The key_ids of the configured keys, primary first; empty when the configuration cannot be read.
+  returned: always
+  type: list
+  elements: str
+loaded_key_ids:
+  description: The key_ids whose material the plugin holds, from its metrics; V(null) when the metrics cannot be read.
+  returned: always
+  type: list
+  elements: str
+service:
+  description: The systemd state of the plugin's unit; V(null) when O(service) is empty.
+  returned: always
+  type: dict
+  contains:
+    name:
+      description: The unit.
+      type: str
+    exists:
+      description: Whether systemd knows the unit.
+      type: bool
+    active_state:
+      description: C(ActiveState), for example C(active).
+      type: str
+    sub_state:
+      description: C(SubState), for example C(running).
+      type: str
+    unit_file_state:
+      description: C(UnitFileState), for example C(enabled).
+      type: str
+    main_pid:
+      description: The main process ID, 0 when not running.
+      type: int
+    restarts:
+      description: How many times systemd restarted the service.
+      type: int
+    active_since:
+      description: C(ActiveEnterTimestamp).
+      type: str
+'''
+
+import json
+import os
+import re
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import open_url
+from ansible_collections.teapot.kms.plugins.module_utils._barbican import key_id_for
+
+# Errors name only the exception type: a YAML error quotes the file, which may hold a password.
+_CONFIG_READER = """
+import json, sys
+try:
+    import yaml
+    with open(sys.argv[1], encoding='utf-8') as handle:
+        data = yaml.safe_load(handle) or {}
+except Exception as exc:
+    raise SystemExit(type(exc).__name__)
+json.dump(data, sys.stdout)
+"""
+_AGE_METRIC = re.compile(r'^teapot_kms_key_cache_age_seconds\{key_id="([^"]+)"\}\s', re.MULTILINE)
+
+
+class PluginInfo:
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self.warnings = []
+
+    def read_config(self):
+        """The plugin's config, parsed by the venv's own Python (which has PyYAML)."""
+        path = self.params["config"]
+        if not path or not os.path.exists(path):
+            return {}
+        python = os.path.join(os.path.dirname(self.params["command"]), "python")
+        if not os.path.exists(python):
+            self.warnings.append(f"cannot read {path}: {python} does not exist")
+            return {}
+        rc, out, err = self.module.run_command([python, "-c", _CONFIG_READER, path])
+        if rc != 0:
+            self.warnings.append(f"cannot read {path}: {err.strip().splitlines()[-1] if err.strip() else rc}")
+            return {}
+        config = json.loads(out)
+        return config if isinstance(config, dict) else {}
+
+    def status(self, socket):
+        command = self.params["command"]
+        if not os.path.exists(command):
+            return {"reachable": False, "healthy": False, "healthz": f"{command} does not exist", "key_id": "", "version": ""}
+        rc, out, err = self.module.run_command([command, "status", "--socket", socket, "--timeout", str(self.params["timeout"])])
+        try:
+            answer = json.loads(out)
+        except ValueError:
+            message = (err or out).strip().splitlines()
+            return {"reachable": False, "healthy": False, "healthz": f"status failed ({rc}): {message[-1] if message else ''}",
+                    "key_id": "", "version": ""}
+        return {
+            "reachable": rc in (0, 1),
+            "healthy": rc == 0,
+            "healthz": answer.get("healthz", ""),
+            "key_id": answer.get("key_id", ""),
+            "version": answer.get("version", ""),
+        }
+
+    @staticmethod
+    def configured_key_ids(config):
+        key_ids = []
+        for entry in config.get("keys") or []:
+            try:
+                key_ids.append(key_id_for(str(entry)))
+            except ValueError:
+                key_ids.append(None)
+        return key_ids
+
+    def loaded_key_ids(self, config):
+        listen = (config.get("metrics") or {}).get("listen", "127.0.0.1:9464")
+        if not listen:
+            return None
+        host, _sep, port = str(listen).rpartition(":")
+        host = host.strip("[]")
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        url = f"http://[{host}]:{port}/metrics" if ":" in host else f"http://{host}:{port}/metrics"
+        try:
+            response = open_url(url, timeout=self.params["timeout"], validate_certs=False, use_proxy=False)
+            text = response.read().decode("utf-8", "replace")
+        except (OSError, ValueError) as exc:
+            self.warnings.append(f"cannot read the plugin's metrics at {url}: {exc}")
+            return None
+        return sorted(set(_AGE_METRIC.findall(text)))
+
+    def service(self):
+        name = self.params["service"]
+        if not name:
+            return None
+        systemctl = self.module.get_bin_path("systemctl")
+        if systemctl is None:
+            self.warnings.append("systemctl is not available: no service state")
+            return None
+        fields = "LoadState,ActiveState,SubState,UnitFileState,MainPID,NRestarts,ActiveEnterTimestamp"
+        rc, out, err = self.module.run_command([systemctl, "show", name, "--property", fields])
+        if rc != 0:
+            self.warnings.append(f"systemctl show {name} failed: {err.strip()}")
+            return None
+        props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+        def number(key):
+            value = props.get(key, "")
+            return int(value) if value.isdigit() else 0
+
+        return {
+            "name": name,
+            "exists": props.get("LoadState") not in (None, "not-found"),
+            "active_state": props.get("ActiveState", ""),
+            "sub_state": props.get("SubState", ""),
+            "unit_file_state": props.get("UnitFileState", ""),
+            "main_pid": number("MainPID"),
+            "restarts": number("NRestarts"),
+            "active_since": props.get("ActiveEnterTimestamp", ""),
+        }
+
+    def run(self):
+        config = self.read_config()
+        socket = self.params["socket"] or config.get("socket") or "/run/teapot-kms/kms.sock"
+        result = {
+            "changed": False,
+            "socket": socket,
+            "status": self.status(socket),
+            "configured_key_ids": self.configured_key_ids(config),
+            "loaded_key_ids": self.loaded_key_ids(config) if config else None,
+            "service": self.service(),
+        }
+        for warning in self.warnings:
+            self.module.warn(warning)
+        self.module.exit_json(**result)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            command=dict(type="path", default="/opt/teapot-kms/venv/bin/teapot-kms-plugin"),
+            config=dict(type="path", default="/etc/teapot-kms/kms-plugin.yaml"),
+            socket=dict(type="path"),
+            service=dict(type="str", default="teapot-kms-plugin.service"),
+            timeout=dict(type="int", default=5),
+        ),
+        supports_check_mode=True,
+    )
+    PluginInfo(module).run()
+
+
+if __name__ == "__main__":
+    main()

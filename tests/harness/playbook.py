@@ -1,0 +1,109 @@
+"""Run the collection's modules and roles for real: ``ansible-playbook`` on localhost.
+
+The collection is linked into a private ``ANSIBLE_COLLECTIONS_PATH`` as
+``teapot.kms``; the modules run with the tools venv's Python (which carries
+python-barbicanclient, keystoneauth1 and openstacksdk).  Results come back
+through the ``ansible.posix.json`` callback, one entry per task and host.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BIN = pathlib.Path(sys.executable).parent
+
+
+@dataclasses.dataclass
+class PlaybookRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    results: list
+
+    def task(self, name):
+        """The result of the task called ``name`` on localhost."""
+        for task_name, result in self.results:
+            if task_name == name:
+                return result
+        raise KeyError(f"no task {name!r} ran; tasks: {[task for task, _result in self.results]}\n{self.stderr[-3000:]}")
+
+    @property
+    def output(self):
+        return self.stdout + self.stderr
+
+
+class PlaybookRunner:
+    """Writes a play of tasks and runs it against localhost, connection local."""
+
+    def __init__(self, workdir):
+        self.workdir = pathlib.Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        collections = self.workdir / "collections" / "ansible_collections" / "teapot"
+        collections.mkdir(parents=True, exist_ok=True)
+        link = collections / "kms"
+        if not link.exists():
+            link.symlink_to(REPO)
+        self.collections_path = self.workdir / "collections"
+        self._count = 0
+
+    def env(self):
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("OS_", "ANSIBLE_"))}
+        env.update(
+            PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            ANSIBLE_COLLECTIONS_PATH=str(self.collections_path),
+            ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+            ANSIBLE_LOCAL_TEMP=str(self.workdir / "tmp"),
+            ANSIBLE_REMOTE_TEMP=str(self.workdir / "tmp"),
+            ANSIBLE_NOCOLOR="1",
+            ANSIBLE_RETRY_FILES_ENABLED="0",
+            ANSIBLE_HOST_KEY_CHECKING="0",
+        )
+        return env
+
+    def run(self, tasks, extra_vars=None, check=False, diff=False, gather_facts=False, timeout=600):
+        """Run ``tasks`` (a list of task dicts) in one play; ``extra_vars`` go through a 0600 file."""
+        self._count += 1
+        play = [{
+            "name": "teapot.kms test play",
+            "hosts": "localhost",
+            "gather_facts": gather_facts,
+            "vars": {"ansible_python_interpreter": sys.executable},
+            "tasks": tasks,
+        }]
+        playbook = self.workdir / f"play-{self._count}.yml"
+        playbook.write_text(yaml.safe_dump(play, sort_keys=False), encoding="utf-8")
+        argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)]
+        if extra_vars:
+            vars_file = self.workdir / f"vars-{self._count}.json"
+            vars_file.touch(mode=0o600)
+            vars_file.write_text(json.dumps(extra_vars), encoding="utf-8")
+            argv += ["-e", f"@{vars_file}"]
+        if check:
+            argv.append("--check")
+        if diff:
+            argv.append("--diff")
+        completed = subprocess.run(argv, capture_output=True, text=True, env=self.env(), cwd=self.workdir,
+                                   timeout=timeout, check=False)
+        return PlaybookRun(completed.returncode, completed.stdout, completed.stderr, _results(completed.stdout))
+
+
+def _results(stdout):
+    start = stdout.find("{")
+    if start < 0:
+        return []
+    try:
+        document = json.loads(stdout[start:])
+    except ValueError:
+        return []
+    results = []
+    for play in document.get("plays", []):
+        for task in play.get("tasks", []):
+            for _host, result in task.get("hosts", {}).items():
+                results.append((task["task"]["name"], result))
+    return results
