@@ -14,7 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 GALAXY = pathlib.Path(sys.executable).with_name("ansible-galaxy")
 
 # Paths (first component, or a glob on the whole name) that must never ship.
-FORBIDDEN_TOP = {"tests", "molecule", "bench", ".ci", ".git", ".cache", "Makefile", "pytest.ini"}
+FORBIDDEN_TOP = {"tests", "molecule", "bench", ".ci", ".config", ".git", ".cache", "Makefile", "pytest.ini"}
 
 
 @pytest.fixture(scope="module")
