@@ -20,7 +20,7 @@ options:
     description:
       - The C(teapot-kms-plugin) executable, inside the plugin's venv.
     type: path
-    default: /opt/teapot-kms/venv/bin/teapot-kms-plugin
+    default: /opt/teapot-kms/kms-plugin/bin/teapot-kms-plugin
   config:
     description:
       - The plugin's configuration file. Its C(socket) is used when O(socket) is not set.
@@ -270,7 +270,7 @@ class PluginInfo:
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            command=dict(type="path", default="/opt/teapot-kms/venv/bin/teapot-kms-plugin"),
+            command=dict(type="path", default="/opt/teapot-kms/kms-plugin/bin/teapot-kms-plugin"),
             config=dict(type="path", default="/etc/teapot-kms/kms-plugin.yaml"),
             socket=dict(type="path"),
             service=dict(type="str", default="teapot-kms-plugin.service"),
