@@ -8,6 +8,7 @@ import pytest
 from kms_plugin_testing import FakeClock
 
 from teapot_kms_plugin import keyring
+from teapot_kms_plugin import proto
 from teapot_kms_plugin import service
 from teapot_kms_plugin import wrapping
 
@@ -238,3 +239,117 @@ def test_key_ref_accepts_uuid_and_href():
     href = keyring.KeyRef.parse("https://kms.example:9311/v1/secrets/0f6e2f5a-8a51-4f4e-8f27-8c1f7d3b2a10")
     assert plain.key_id == href.key_id == "barbican:0f6e2f5a-8a51-4f4e-8f27-8c1f7d3b2a10"
     assert href.ref.startswith("https://")
+
+
+def test_key_ref_precomputes_what_the_rpc_path_needs():
+    ref = keyring.KeyRef.parse("0f6e2f5a-8a51-4f4e-8f27-8c1f7d3b2a10")
+    assert ref.slot == ref.uuid.bytes
+    assert ref.header == b"tk\x01" + ref.uuid.bytes
+    assert ref.aad == ref.header + b"barbican:0f6e2f5a-8a51-4f4e-8f27-8c1f7d3b2a10"
+    assert wrapping.key_id_for_slot(ref.slot) == ref.key_id
+    # Derived fields take no part in equality: the same secret is the same key.
+    assert ref == keyring.KeyRef(ref.uuid, ref.ref)
+
+
+def test_layout_is_bound_to_header_and_key_id(key_service, two_keys):
+    ciphertext, _key_id, _annotations = key_service.encrypt(SEED)
+    ref, aead = two_keys.primary()
+    nonce, body = ciphertext[19:31], ciphertext[31:]
+    # The documented associated data, built by hand, opens it; anything else does not.
+    assert aead.decrypt(nonce, body, b"tk\x01" + ref.uuid.bytes + f"barbican:{ref.uuid}".encode()) == SEED
+    with pytest.raises(wrapping.FormatError, match="authentication"):
+        wrapping.open_sealed(aead, b"tk\x01" + ref.uuid.bytes, ciphertext)
+
+
+@pytest.mark.parametrize("annotations", [
+    {"format.kms.teapot.dev": b"1"},
+    {"format.kms.teapot.dev": b"1", "other.example.com": b"x"},
+])
+def test_annotation_fast_path_agrees_with_full_check(annotations):
+    wrapping.check_annotations(annotations)
+    wrapping.check_annotations(proto.DecryptRequest(annotations=annotations).annotations)
+
+
+@pytest.mark.parametrize("annotations, message", [
+    ({"format.kms.teapot.dev": b"2"}, "expected 1"),
+    ({"Format.kms.teapot.dev": b"1"}, "not a fully qualified domain name"),
+    ({"format.kms.teapot.dev.": b"1"}, "not a fully qualified domain name"),
+    ({"other.example.com": b"1"}, "is missing"),
+])
+def test_protobuf_map_annotations_are_checked(annotations, message):
+    request = proto.DecryptRequest(annotations=annotations)
+    with pytest.raises(wrapping.FormatError, match=message):
+        wrapping.check_annotations(request.annotations)
+
+
+def test_wrong_key_id_is_reported_before_the_key_state(fetcher):
+    clock = FakeClock()
+    ref, other = fetcher.add(), fetcher.add()
+    cache = keyring.KeyCache([ref, other], fetcher, refresh_interval=10, max_stale=100, clock=clock)
+    assert cache.refresh() == {}
+    key_service = service.KeyService(cache)
+    ciphertext, key_id, annotations = key_service.encrypt(SEED)
+    clock.now += 101
+    # Stale: the right key_id gets UNAVAILABLE, a wrong one INVALID_ARGUMENT as when fresh.
+    assert _refused(key_service.decrypt, ciphertext, other.key_id, annotations).code == service.INVALID_ARGUMENT
+    assert _refused(key_service.decrypt, ciphertext, key_id, annotations).code == service.UNAVAILABLE
+    # Unknown slot with a key_id that is not its own: INVALID_ARGUMENT, not NOT_FOUND.
+    stranger = uuid.uuid4()
+    forged = ciphertext[:3] + stranger.bytes + ciphertext[19:]
+    error = _refused(key_service.decrypt, forged, key_id, annotations)
+    assert error.code == service.INVALID_ARGUMENT and f"barbican:{stranger}" in str(error)
+
+
+def test_framing_errors_come_in_a_fixed_order():
+    assert "magic" in str(_framing(b"xx\x02"))
+    assert "truncated" in str(_framing(b"tk\x02" + bytes(10)))
+    assert "version 2" in str(_framing(b"tk\x02" + bytes(60)))
+    assert "more than 1024" in str(_framing(b"xx" + bytes(2000)))
+    assert wrapping.parse(bytearray(b"tk\x01" + bytes(16) + bytes(29))) == bytes(16)
+
+
+def _framing(ciphertext):
+    with pytest.raises(wrapping.FormatError) as info:
+        wrapping.parse(ciphertext)
+    return info.value
+
+
+class _SurprisingFetcher:
+    """Raises what no fetcher should (a bug, not a Barbican error), quoting a secret, then recovers."""
+
+    def __init__(self, inner, failures):
+        self.inner = inner
+        self.failures = failures
+
+    def __call__(self, ref):
+        if self.failures:
+            self.failures -= 1
+            raise TypeError("secret-material-89ab")
+        return self.inner(ref)
+
+
+def test_unexpected_fetch_error_is_reported_by_type_only(fetcher):
+    ref = fetcher.add()
+    cache = keyring.KeyCache([ref], _SurprisingFetcher(fetcher, 1), refresh_interval=10, max_stale=100)
+    errors = cache.refresh()
+    assert errors == {ref.key_id: f"fetching secret {ref.ref} failed: unexpected TypeError"}
+    healthy, healthz, _key_id = cache.status()
+    assert not healthy and "TypeError" in healthz and "secret-material" not in healthz
+    per_call = keyring.PerCallKeys([ref], _SurprisingFetcher(fetcher, 1))
+    error = _refused(service.KeyService(per_call).encrypt, SEED)
+    assert error.code == service.UNAVAILABLE and "TypeError" in str(error) and "secret-material" not in str(error)
+
+
+def test_background_refresh_survives_a_surprise(fetcher):
+    ref = fetcher.add()
+    cache = keyring.KeyCache([ref], _SurprisingFetcher(fetcher, 3), refresh_interval=5, max_stale=100, retry_interval=0.02)
+    cache.refresh()
+    cache.start()
+    try:
+        for _attempt in range(200):
+            if cache.status()[0]:
+                break
+            time.sleep(0.05)
+        assert cache.status() == (True, "ok", ref.key_id)
+    finally:
+        cache.stop()

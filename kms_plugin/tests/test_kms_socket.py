@@ -100,3 +100,44 @@ def test_oversized_request_is_refused(socket_service):
         client.decrypt(b"x" * (transport.MAX_MESSAGE + 1), "k")
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert client.status().healthz == "ok"
+
+
+class _BrokenService:
+    """A key service with a bug whose exception text quotes something secret."""
+
+    def status(self):
+        raise RuntimeError("secret-material-0123")
+
+    def encrypt(self, plaintext):
+        raise RuntimeError(f"secret-material-{plaintext.hex()}")
+
+    def decrypt(self, ciphertext, key_id, annotations):
+        raise KeyError("secret-material-4567")
+
+
+def test_unexpected_error_is_internal_without_its_text(tmp_path, caplog):
+    path = str(tmp_path / "kms.sock")
+    server = transport.start_server(transport.Servicer(_BrokenService()), path, workers=2)
+    try:
+        with KmsClient(path) as client:
+            calls = (client.status, lambda: client.encrypt(b"\x01" * 32, uid="uid-broken"), lambda: client.decrypt(b"x", "k"))
+            for call in calls:
+                with pytest.raises(grpc.RpcError) as info:
+                    call()
+                assert info.value.code() == grpc.StatusCode.INTERNAL
+                assert "internal error" in info.value.details() and "secret-material" not in info.value.details()
+            # The server keeps serving after a failing call.
+            with pytest.raises(grpc.RpcError):
+                client.status()
+    finally:
+        server.stop(1).wait()
+    logged = " ".join(f"{record.getMessage()} {vars(record)}" for record in caplog.records)
+    assert "RuntimeError" in logged and "uid-broken" in logged
+    assert "secret-material" not in logged and "01010101" not in logged
+
+
+def test_parent_that_is_a_file_is_a_socket_error(tmp_path, key_service):
+    blocker = tmp_path / "run"
+    blocker.write_text("")
+    with pytest.raises(transport.SocketError, match="cannot create the directory"):
+        transport.start_server(transport.Servicer(key_service), str(blocker / "kms.sock"))

@@ -8,6 +8,7 @@ built from the proto descriptor.
 import base64
 import os
 import signal
+import socket as socket_module
 import subprocess
 import sys
 import uuid
@@ -300,3 +301,25 @@ def test_refuses_to_replace_a_regular_file(kms_venv, keystone, barbican, tmp_pat
     assert plugin.process.popen.wait(60) == 1
     assert target.read_text() == "precious"
     assert "is not a socket: refusing to remove it" in plugin.log_text()
+
+
+def test_metrics_port_in_use_is_explained(kms_venv, tmp_path):
+    # Nothing listens at auth_url: the first fetch fails at once (loopback, connection refused).
+    password_file = tmp_path / "password"
+    password_file.write_text("not-used-here\n")
+    password_file.chmod(0o600)
+    socket_path = tmp_path / "run" / "kms.sock"
+    with socket_module.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        plugin = PluginProcess(kms_venv, tmp_path, {
+            "socket": str(socket_path), "keys": [str(uuid.uuid4())], "metrics": {"listen": f"127.0.0.1:{port}"},
+            "barbican": {"auth": {"auth_url": f"http://127.0.0.1:{free_port()}/v3", "username": "kms-plugin",
+                                  "password_file": str(password_file), "project_name": "kms"}, "timeout": 5}})
+        plugin.process.start()
+        assert plugin.process.popen.wait(60) == 1
+    log = plugin.log_text()
+    assert f"cannot serve metrics on 127.0.0.1:{port}: Address already in use" in log, log
+    assert "authenticating with Keystone" in log
+    assert not socket_path.exists()

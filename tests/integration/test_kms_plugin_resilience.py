@@ -1,5 +1,6 @@
-"""The plugin daemon when things change: rotation by SIGHUP, Barbican going away, starting without it."""
+"""The plugin daemon when things change: rotation by SIGHUP, Barbican or Keystone going away, starting without Barbican."""
 
+import concurrent.futures
 import os
 import re
 import time
@@ -8,6 +9,8 @@ import uuid
 import grpc
 import pytest
 
+from tests.harness.barbican import BarbicanService
+from tests.harness.keystone import KeystoneService
 from tests.harness.kms_plugin import order_kek, password_barbican_section
 from tests.integration.test_kms_plugin import kms_client_module, kms_venv, start_plugin  # noqa: F401 pylint: disable=unused-import
 
@@ -126,3 +129,81 @@ def test_start_with_barbican_down(keystone, barbican_factory, start_plugin, kms_
         _wait_for(lambda: client.status().healthz == "ok", 60, "the plugin loading its key once Barbican is up")
         made = client.encrypt(SEED)
         assert client.decrypt(made.ciphertext, made.key_id, dict(made.annotations)).plaintext == SEED
+
+
+class _ShortTokenKeystone(KeystoneService):
+    """Keystone issuing 60-second tokens.
+
+    keystoneauth1 renews a token that expires within two minutes, so a plugin
+    using this Keystone has to reach it before every fetch, as any plugin must
+    once its token ages out.
+    """
+
+    def _write_config(self):
+        super()._write_config()
+        text = self.conf_path.read_text(encoding="utf-8")
+        assert "provider = fernet\n" in text, "the harness's keystone.conf changed shape"
+        self.conf_path.write_text(text.replace("provider = fernet\n", "provider = fernet\nexpiration = 60\n", 1), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def keystone_to_stop(service_venvs, tmp_path_factory, harness_log_dir):
+    """A Keystone of its own (short tokens) and a Barbican that trusts it, for a Keystone outage."""
+    log_dir = harness_log_dir / "keystone-outage"
+    log_dir.mkdir(exist_ok=True)
+    keystone = _ShortTokenKeystone(service_venvs["keystone"], tmp_path_factory.mktemp("keystone-outage"), log_dir)
+    barbican = BarbicanService(service_venvs["barbican"], keystone, tmp_path_factory.mktemp("barbican-keystone-outage"), log_dir,
+                               name="barbican-keystone-outage")
+    try:
+        # Barbican needs Keystone only to validate tokens, i.e. after both are up: start them side by side.
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            for started in [pool.submit(keystone.start), pool.submit(barbican.start)]:
+                started.result()
+        yield keystone, barbican
+    finally:
+        barbican.stop()
+        keystone.stop()
+        for service in (keystone, barbican):
+            print(f"--- {service.log_path} ---\n{service.log_path.read_text(errors='replace')[-4000:] if service.log_path.exists() else ''}")
+
+
+def test_keystone_outage_serves_until_max_stale(keystone_to_stop, start_plugin, kms_client_module, tmp_path):  # noqa: F811
+    own_keystone, own_barbican = keystone_to_stop
+    href = order_kek(own_barbican, own_keystone.plugin_user, "kek-keystone-outage")
+    max_stale = 10
+    section = password_barbican_section(own_keystone.plugin_user, tmp_path / "secrets", endpoint_override=own_barbican.url)
+    plugin = start_plugin({"barbican": section, "keys": [href],
+                           "cache": {"refresh_interval": 1, "retry_interval": 0.5, "max_stale": max_stale}})
+    with kms_client_module.KmsClient(plugin.socket) as client:
+        made = client.encrypt(SEED)
+        stopped_at = time.monotonic()
+        own_keystone.stop()
+
+        # Refreshes now fail at authentication; Barbican is still up; the cache keeps serving.
+        _wait_for(lambda: 'reason="keystone_unreachable"' in plugin.metrics_text(), 30, "a refresh failing at Keystone")
+        assert own_barbican.running()
+        assert time.monotonic() - stopped_at < max_stale - 1, "the machine is too slow for this test's max_stale"
+        assert client.status().healthz == "ok"
+        assert client.decrypt(made.ciphertext, made.key_id, dict(made.annotations)).plaintext == SEED
+        assert client.encrypt(SEED).key_id == _key_id(href)
+
+        def unhealthy_reason():
+            healthz = client.status().healthz
+            return None if healthz == "ok" else healthz
+
+        healthz = _wait_for(unhealthy_reason, 60, "Status turning unhealthy")
+        unhealthy_after = time.monotonic() - stopped_at
+        assert unhealthy_after >= max_stale - 2
+        assert "stale" in healthz and f"max_stale {max_stale}s" in healthz
+        assert f"authenticating with Keystone at {own_keystone.auth_url}" in healthz and "cannot connect" in healthz
+        code, status = plugin.status_command()
+        assert code == 1 and status["key_id"] == _key_id(href)
+        with pytest.raises(grpc.RpcError) as info:
+            client.encrypt(SEED)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "Keystone" in info.value.details()
+        assert "authenticating with Keystone" in plugin.log_text()
+
+        own_keystone.start()
+        _wait_for(lambda: client.status().healthz == "ok", 90, "recovery after Keystone came back")
+        assert client.decrypt(made.ciphertext, made.key_id, dict(made.annotations)).plaintext == SEED
+    assert own_keystone.plugin_user.password not in plugin.log_text() + plugin.metrics_text()

@@ -2,6 +2,7 @@
 
 import logging
 import threading
+import urllib.parse
 
 from barbicanclient import client as barbican_client
 from barbicanclient import exceptions as barbican_exceptions
@@ -29,7 +30,11 @@ def _session(cfg):
         except Exception as exc:  # pylint: disable=broad-exception-caught
             raise FetchError(f"clouds.yaml entry {cfg.cloud!r} is unusable: {type(exc).__name__}", "config") from None
         endpoint = cfg.endpoint_override or region.get_endpoint("key-manager")
-        return region.get_session(), endpoint, region.get_region_name("key-manager"), region.get_interface("key-manager") or cfg.interface
+        session = region.get_session()
+        if session.timeout is None:
+            # Without a timeout a silent peer would hold the refresh thread forever.
+            session.timeout = cfg.timeout
+        return session, endpoint, region.get_region_name("key-manager"), region.get_interface("key-manager") or cfg.interface
     plugin = loading.get_plugin_loader(cfg.auth_type).load_from_options(**cfg.auth)
     session = ks_session.Session(auth=plugin, verify=cfg.cacert or True, timeout=cfg.timeout)
     return session, cfg.endpoint_override, cfg.region_name, cfg.interface
@@ -64,18 +69,39 @@ def _describe(exc):
     return f"unexpected {type(exc).__name__}", "error"
 
 
+def _safe_url(url):
+    """``url`` without any user:password part, or None when it is not an http(s) URL."""
+    if not isinstance(url, str):
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _keystone_reason(reason):
+    return "keystone_unreachable" if reason == "unreachable" else reason
+
+
 class BarbicanFetcher:
     """Reads secret payloads; called by the keyring, never on the RPC path in cached mode."""
 
     def __init__(self, cfg):
         self._cfg = cfg
         self._lock = threading.Lock()
+        self._session = None
         self._client = None
 
-    def _get_client(self):
+    def _get_session(self):
+        with self._lock:
+            if self._session is None:
+                self._session = _session(self._cfg)
+            return self._session
+
+    def _get_client(self, session, endpoint, region_name, interface):
         with self._lock:
             if self._client is None:
-                session, endpoint, region_name, interface = _session(self._cfg)
                 # Constructing the client negotiates the API microversion (a request).
                 self._client = barbican_client.Client(
                     session=session,
@@ -86,23 +112,50 @@ class BarbicanFetcher:
                 )
             return self._client
 
-    def __call__(self, ref):
-        """Return the payload bytes of the secret ``ref`` or raise FetchError."""
+    def _reset(self):
+        """Build a fresh session and client next time: discovery may have cached a failure."""
+        with self._lock:
+            self._session = None
+            self._client = None
+
+    def _authenticate(self):
+        """A token from Keystone (keystoneauth1 keeps it until it nears expiry); FetchError naming Keystone."""
         try:
-            client = self._get_client()
-            # With the content type given, reading the payload is one GET .../payload.
-            payload = client.secrets.get(ref.ref, payload_content_type=PAYLOAD_CONTENT_TYPE).payload
+            session = self._get_session()
+            session[0].get_auth_headers()
         except FetchError:
             raise
         except Exception as exc:  # pylint: disable=broad-exception-caught
             message, reason = _describe(exc)
+            self._reset()
+            where = _safe_url(self._cfg.auth.get("auth_url"))
+            where = f" at {where}" if where else ""
+            raise FetchError(self._redact(f"authenticating with Keystone{where} failed: {message}"), _keystone_reason(reason)) from None
+        return session
+
+    def _redact(self, text):
+        """Mask the configured secrets, should a library ever echo one."""
+        for name in ("password", "application_credential_secret"):
+            secret = self._cfg.auth.get(name)
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    def __call__(self, ref):
+        """Return the payload bytes of the secret ``ref`` or raise FetchError."""
+        session = self._authenticate()
+        try:
+            client = self._get_client(*session)
+            # With the content type given, reading the payload is one GET .../payload.
+            payload = client.secrets.get(ref.ref, payload_content_type=PAYLOAD_CONTENT_TYPE).payload
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            message, reason = _describe(exc)
             if reason in ("unreachable", "endpoint", "error"):
-                # Build a fresh client next time: discovery may have cached a failure.
-                with self._lock:
-                    self._client = None
-            raise FetchError(f"fetching secret {ref.ref} from Barbican failed: {message}", reason) from None
+                self._reset()
+            raise FetchError(self._redact(f"fetching secret {ref.ref} from Barbican failed: {message}"), reason) from None
         if isinstance(payload, str):
-            payload = payload.encode("latin-1")
+            # Never decoded here: an error message must not quote key material.
+            raise FetchError(f"secret {ref.ref} has a text payload; a key-encryption key is stored as application/octet-stream", "bad_key")
         if not isinstance(payload, bytes):
             raise FetchError(f"secret {ref.ref} has no payload", "bad_key")
         return payload

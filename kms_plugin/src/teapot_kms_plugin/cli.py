@@ -52,20 +52,29 @@ class Daemon:
 
     def run(self):
         cfg = self.cfg
+        # First of all: a SIGHUP during a slow first fetch must not kill the process
+        # (its default action), and a SIGTERM then still stops it cleanly.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
         self.keys = build_keys(cfg, barbican.BarbicanFetcher(cfg.barbican), self.metrics)
         self._log_key_errors(self.keys.refresh(), "at start")
         self.server = transport.start_server(
             transport.Servicer(service_module.KeyService(self.keys), self.metrics),
             cfg.socket, workers=cfg.workers, group=cfg.socket_group)
         if cfg.metrics_listen:
-            self.metrics.serve(*cfg.metrics_listen)
+            host, port = cfg.metrics_listen
+            try:
+                self.metrics.serve(host, port)
+            except OSError as exc:
+                LOG.error("cannot serve metrics on %s:%s: %s", host, port, exc.strerror or type(exc).__name__)
+                self.server.stop(0).wait()
+                transport.remove_socket(cfg.socket)
+                return 1
         self.keys.start()
         # Startup objects (libraries, config) never die: keep them out of the collector's way.
         gc.collect()
         gc.freeze()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_reload)
         healthy, healthz, key_id = self.keys.status()
         LOG.info("serving KMS v2 on %s", cfg.socket, extra={
             "socket": cfg.socket, "key_id": key_id, "healthy": healthy, "healthz": healthz,
@@ -77,7 +86,12 @@ class Daemon:
                 break
             if self._reload:
                 self._reload = False
-                self.reload()
+                try:
+                    self.reload()
+                except Exception as exc:  # pylint: disable=broad-exception-caught
+                    # Serving goes on with what is loaded; the type only, as the text may quote a secret.
+                    self.metrics.observe_reload("error")
+                    LOG.error("reload failed, the running keyring stays", extra={"exception": type(exc).__name__})
         LOG.info("stopping: draining in-flight requests", extra={"grace_seconds": self.cfg.shutdown_grace})
         self.server.stop(self.cfg.shutdown_grace).wait()
         self.keys.stop()

@@ -88,11 +88,15 @@ def _choice(value, field, choices, default):
     return value
 
 
+# A year: longer waits overflow the thread timers and mean nothing for a key cache.
+MAX_SECONDS = 366 * 86400
+
+
 def _seconds(value, field, default):
     if value is None:
         return float(default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{field}: expected a positive number of seconds, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_SECONDS:
+        raise ConfigError(f"{field}: expected a positive number of seconds up to {MAX_SECONDS}, got {value!r}")
     return float(value)
 
 

@@ -38,10 +38,24 @@ class FetchError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class KeyRef:
-    """One Barbican secret in the keyring, as configured (a UUID or a full href)."""
+    """One Barbican secret in the keyring, as configured (a UUID or a full href).
+
+    The key_id, the key slot and the associated data are derived once here:
+    the RPC path only looks them up.
+    """
 
     uuid: uuid.UUID
     ref: str
+    key_id: str = dataclasses.field(init=False, compare=False)
+    slot: bytes = dataclasses.field(init=False, compare=False, repr=False)
+    header: bytes = dataclasses.field(init=False, compare=False, repr=False)
+    aad: bytes = dataclasses.field(init=False, compare=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "key_id", wrapping.key_id_for(self.uuid))
+        object.__setattr__(self, "slot", self.uuid.bytes)
+        object.__setattr__(self, "header", wrapping.header_for(self.uuid))
+        object.__setattr__(self, "aad", wrapping.aad_for(self.uuid))
 
     @classmethod
     def parse(cls, text):
@@ -60,10 +74,6 @@ class KeyRef:
         except ValueError:
             raise ValueError(f"{text!r} is not a Barbican secret UUID or href") from None
         return cls(parsed, text)
-
-    @property
-    def key_id(self):
-        return wrapping.key_id_for(self.uuid)
 
 
 class _Slot:
@@ -89,8 +99,8 @@ class KeyCache:
         self._metrics = metrics
         self._clock = clock
         self._lock = threading.Lock()
-        # (refs, {uuid: slot}) swapped as one object, so readers need no lock.
-        self._ring = (tuple(refs), {ref.uuid: _Slot(ref) for ref in refs})
+        # (refs, {key slot bytes: _Slot}) swapped as one object, so readers need no lock.
+        self._ring = (tuple(refs), {ref.slot: _Slot(ref) for ref in refs})
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = None
@@ -108,15 +118,18 @@ class KeyCache:
     def primary(self):
         """Return ``(KeyRef, AESGCM)`` of the primary key or raise KeyUnavailable."""
         refs, slots = self._ring
-        slot = slots[refs[0].uuid]
+        slot = slots[refs[0].slot]
         return slot.ref, self._usable(slot)
 
-    def key(self, secret_uuid):
-        """Return the AESGCM of a keyring member or raise UnknownKey/KeyUnavailable."""
-        slot = self._ring[1].get(secret_uuid)
+    def key(self, key_slot):
+        """Return ``(KeyRef, AESGCM)`` of the keyring member whose UUID bytes are ``key_slot``.
+
+        Raise UnknownKey or KeyUnavailable.
+        """
+        slot = self._ring[1].get(key_slot)
         if slot is None:
-            raise UnknownKey(f"key_id {wrapping.key_id_for(secret_uuid)} is not in the keyring ({self._known()})")
-        return self._usable(slot)
+            raise UnknownKey(f"key_id {wrapping.key_id_for_slot(key_slot)} is not in the keyring ({self._known()})")
+        return slot.ref, self._usable(slot)
 
     def _known(self):
         return "known: " + ", ".join(ref.key_id for ref in self._ring[0])
@@ -139,7 +152,7 @@ class KeyCache:
         refs, slots = self._ring
         ref = refs[0]
         try:
-            self._usable(slots[ref.uuid])
+            self._usable(slots[ref.slot])
         except KeyUnavailable as exc:
             return False, str(exc), ref.key_id
         return True, "ok", ref.key_id
@@ -164,6 +177,11 @@ class KeyCache:
         except ValueError as exc:
             self._observe(started, "bad_key")
             slot.error = f"secret {slot.ref.ref} is unusable: {exc}"
+            return slot.error
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            # The type only: the text of an unexpected error is not known to be free of secrets.
+            self._observe(started, "error")
+            slot.error = f"fetching secret {slot.ref.ref} failed: unexpected {type(exc).__name__}"
             return slot.error
         self._observe(started, None)
         # fetched_at before aead: a reader that sees the key always sees its age.
@@ -201,11 +219,11 @@ class KeyCache:
             error = self._fetch_into(slot)
             if error:
                 errors[ref.key_id] = error
-                old = current.get(ref.uuid)
+                old = current.get(ref.slot)
                 if old is not None and old.aead is not None:
                     slot.fetched_at, slot.aead = old.fetched_at, old.aead
-            slots[ref.uuid] = slot
-        primary = slots[refs[0].uuid]
+            slots[ref.slot] = slot
+        primary = slots[refs[0].slot]
         if primary.aead is None:
             raise KeyUnavailable(f"new primary key {refs[0].key_id} could not be loaded: {primary.error}")
         with self._lock:
@@ -241,7 +259,11 @@ class KeyCache:
             self._wake.clear()
             if self._stop.is_set():
                 return
-            errors = self.refresh()
+            try:
+                errors = self.refresh()
+            except Exception as exc:  # pylint: disable=broad-exception-caught
+                # The thread must outlive any surprise, or the keys would silently age out.
+                errors = {"*": f"unexpected {type(exc).__name__}"}
             for key_id, error in errors.items():
                 LOG.warning("refreshing key failed; cached material keeps serving up to max_stale",
                             extra={"key_id": key_id, "error": error})
@@ -290,6 +312,9 @@ class PerCallKeys:
         except ValueError as exc:
             self._last_error = str(exc)
             raise KeyUnavailable(f"secret {ref.ref} is unusable: {exc}") from None
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            self._last_error = f"fetching secret {ref.ref} failed: unexpected {type(exc).__name__}"
+            raise KeyUnavailable(self._last_error) from None
         if self._metrics is not None:
             self._metrics.observe_fetch(time.monotonic() - started, None)
         self._last_error = None
@@ -298,11 +323,11 @@ class PerCallKeys:
     def primary(self):
         return self._refs[0], self._load(self._refs[0])
 
-    def key(self, secret_uuid):
+    def key(self, key_slot):
         for ref in self._refs:
-            if ref.uuid == secret_uuid:
-                return self._load(ref)
-        raise UnknownKey(f"key_id {wrapping.key_id_for(secret_uuid)} is not in the keyring")
+            if ref.slot == key_slot:
+                return ref, self._load(ref)
+        raise UnknownKey(f"key_id {wrapping.key_id_for_slot(key_slot)} is not in the keyring")
 
     def status(self):
         if self._last_error:

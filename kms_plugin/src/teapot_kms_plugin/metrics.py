@@ -15,6 +15,9 @@ class _KeyringCollector:
 
     def collect(self):
         keys = self._get_keys()
+        if keys is None:
+            # Scraped before the keyring exists (first fetch still running).
+            return
         age = GaugeMetricFamily("teapot_kms_key_cache_age_seconds",
                                 "Seconds since Barbican last confirmed each cached key", labels=["key_id"])
         for key_id, seconds in sorted(keys.ages().items()):

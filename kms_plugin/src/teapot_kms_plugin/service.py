@@ -41,36 +41,45 @@ class KeyService:
             ref, aead = self.keys.primary()
         except keyring.KeyUnavailable as exc:
             raise KmsError(UNAVAILABLE, str(exc)) from None
-        ciphertext = wrapping.seal(aead, ref.uuid, plaintext)
+        ciphertext = wrapping.seal(aead, ref.header, ref.aad, plaintext)
         return ciphertext, ref.key_id, wrapping.annotations()
 
     def decrypt(self, ciphertext, key_id, annotations):
-        """Return the plaintext of a ciphertext that Encrypt made."""
+        """Return the plaintext of a ciphertext that Encrypt made.
+
+        ``annotations`` is a dict or the request's protobuf map.  Checks run
+        cheapest first; refusals come in this order: key_id empty or too long,
+        framing, annotations, key_id not the ciphertext's, key unknown (NOT_FOUND)
+        or unusable (UNAVAILABLE), authentication.
+        """
         if not key_id:
             raise KmsError(INVALID_ARGUMENT, "key_id is empty")
         if len(key_id) > wrapping.MAX_KEY_ID:
             raise KmsError(INVALID_ARGUMENT, f"key_id is {len(key_id)} characters, more than {wrapping.MAX_KEY_ID}")
         try:
-            secret_uuid = wrapping.parse(ciphertext)
+            key_slot = wrapping.parse(ciphertext)
             wrapping.check_annotations(annotations)
         except wrapping.FormatError as exc:
             raise KmsError(INVALID_ARGUMENT, str(exc)) from None
-        expected = wrapping.key_id_for(secret_uuid)
-        if key_id != expected:
-            raise KmsError(
-                INVALID_ARGUMENT,
-                f"key_id {_shorten(key_id)} does not match the key that made this ciphertext ({expected})",
-            )
         try:
-            aead = self.keys.key(secret_uuid)
+            ref, aead = self.keys.key(key_slot)
         except keyring.UnknownKey as exc:
+            _check_key_id(key_id, wrapping.key_id_for_slot(key_slot))
             raise KmsError(NOT_FOUND, str(exc)) from None
         except keyring.KeyUnavailable as exc:
+            _check_key_id(key_id, wrapping.key_id_for_slot(key_slot))
             raise KmsError(UNAVAILABLE, str(exc)) from None
+        if key_id != ref.key_id:
+            _check_key_id(key_id, ref.key_id)
         try:
-            return wrapping.open_sealed(aead, secret_uuid, ciphertext)
+            return wrapping.open_sealed(aead, ref.aad, ciphertext)
         except wrapping.FormatError as exc:
             raise KmsError(INVALID_ARGUMENT, str(exc)) from None
+
+
+def _check_key_id(key_id, expected):
+    if key_id != expected:
+        raise KmsError(INVALID_ARGUMENT, f"key_id {_shorten(key_id)} does not match the key that made this ciphertext ({expected})")
 
 
 def _shorten(text, limit=80):

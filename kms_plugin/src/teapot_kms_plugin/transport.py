@@ -51,6 +51,12 @@ class Servicer:
         self._finish(method, started, code, uid, message)
         context.abort(grpc.StatusCode[code], message)
 
+    def _internal(self, context, method, started, uid, exc):
+        """A bug, not a bad request: answer INTERNAL without the exception's text, which is not known to be free of secrets."""
+        LOG.error("%s failed", method, extra={"method": method, "code": "INTERNAL", "uid": _uid(uid), "exception": type(exc).__name__})
+        self._finish(method, started, "INTERNAL", uid)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error in the KMS plugin ({type(exc).__name__}); see its log")
+
     def _parse(self, method, raw, context, started):
         try:
             return proto.METHODS[method][0].FromString(raw)
@@ -61,7 +67,10 @@ class Servicer:
     def status(self, raw, context):
         started = time.perf_counter()
         self._parse("Status", raw, context, started)
-        version, healthz, key_id = self.service.status()
+        try:
+            version, healthz, key_id = self.service.status()
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            return self._internal(context, "Status", started, "", exc)
         self._finish("Status", started, "OK", "")
         return proto.StatusResponse(version=version, healthz=healthz, key_id=key_id)
 
@@ -72,6 +81,8 @@ class Servicer:
             ciphertext, key_id, annotations = self.service.encrypt(request.plaintext)
         except service_module.KmsError as exc:
             return self._refuse(context, "Encrypt", started, request.uid, exc.code, str(exc))
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            return self._internal(context, "Encrypt", started, request.uid, exc)
         self._finish("Encrypt", started, "OK", request.uid)
         return proto.EncryptResponse(ciphertext=ciphertext, key_id=key_id, annotations=annotations)
 
@@ -79,9 +90,11 @@ class Servicer:
         started = time.perf_counter()
         request = self._parse("Decrypt", raw, context, started)
         try:
-            plaintext = self.service.decrypt(request.ciphertext, request.key_id, dict(request.annotations))
+            plaintext = self.service.decrypt(request.ciphertext, request.key_id, request.annotations)
         except service_module.KmsError as exc:
             return self._refuse(context, "Decrypt", started, request.uid, exc.code, str(exc))
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            return self._internal(context, "Decrypt", started, request.uid, exc)
         self._finish("Decrypt", started, "OK", request.uid)
         return proto.DecryptResponse(plaintext=plaintext)
 
@@ -105,7 +118,10 @@ def prepare_socket_path(path):
     """Create the parent directory (0700) if needed; remove a stale socket, refuse anything else."""
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
-        os.makedirs(parent, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise SocketError(f"{path}: cannot create the directory {parent}: {exc.strerror}") from None
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -133,7 +149,10 @@ def _apply_group(path, group):
         gid = int(group) if str(group).isdigit() else grp.getgrnam(group).gr_gid
     except KeyError:
         raise SocketError(f"socket_group: no group named {group!r}") from None
-    os.chown(path, -1, gid)
+    try:
+        os.chown(path, -1, gid)
+    except OSError as exc:
+        raise SocketError(f"socket_group: cannot give {path} to group {group!r}: {exc.strerror}") from None
     os.chmod(path, 0o660)
 
 
@@ -150,6 +169,8 @@ def start_server(servicer, path, workers=8, group=None):
     try:
         server.add_insecure_port(f"unix:{path}")
         server.start()
+    except RuntimeError:
+        raise SocketError(f"{path}: gRPC cannot listen on this socket path") from None
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)

@@ -23,7 +23,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MAGIC = b"tk"
 FORMAT_VERSION = 1
-HEADER_SIZE = len(MAGIC) + 1 + 16
+# Magic and version: the first bytes of every ciphertext of this format.
+PREFIX = MAGIC + bytes((FORMAT_VERSION,))
+SLOT_SIZE = 16
+HEADER_SIZE = len(PREFIX) + SLOT_SIZE
 NONCE_SIZE = 12
 TAG_SIZE = 16
 OVERHEAD = HEADER_SIZE + NONCE_SIZE + TAG_SIZE
@@ -36,6 +39,7 @@ MAX_ANNOTATIONS = 32 * 1024
 MAX_PLAINTEXT = MAX_CIPHERTEXT - OVERHEAD
 
 FORMAT_ANNOTATION = "format.kms.teapot.dev"
+FORMAT_VALUE = str(FORMAT_VERSION).encode()
 KEY_ID_PREFIX = "barbican:"
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -51,9 +55,24 @@ def key_id_for(secret_uuid):
     return KEY_ID_PREFIX + str(secret_uuid)
 
 
+def key_id_for_slot(slot):
+    """The key_id of the secret whose UUID bytes are ``slot`` (bytes 3-18 of a ciphertext)."""
+    return key_id_for(uuid.UUID(bytes=bytes(slot)))
+
+
+def header_for(secret_uuid):
+    """Bytes 0-18 of every ciphertext made with this secret."""
+    return PREFIX + secret_uuid.bytes
+
+
+def aad_for(secret_uuid):
+    """The associated data: the header, then the key_id in UTF-8."""
+    return header_for(secret_uuid) + key_id_for(secret_uuid).encode()
+
+
 def annotations():
     """The annotations Encrypt returns and Decrypt expects back."""
-    return {FORMAT_ANNOTATION: str(FORMAT_VERSION).encode()}
+    return {FORMAT_ANNOTATION: FORMAT_VALUE}
 
 
 def is_fqdn(name):
@@ -61,7 +80,13 @@ def is_fqdn(name):
 
 
 def check_annotations(given):
-    """Reject annotations the apiserver would not have stored from our Encrypt."""
+    """Reject annotations the apiserver would not have stored from our Encrypt.
+
+    ``given`` is a dict or the request's protobuf map.
+    """
+    if len(given) == 1 and given.get(FORMAT_ANNOTATION) == FORMAT_VALUE:
+        # What Encrypt returns, as the apiserver hands it back: nothing more to check.
+        return
     total = 0
     for key, value in given.items():
         if not is_fqdn(key):
@@ -69,12 +94,11 @@ def check_annotations(given):
         total += len(key.encode()) + len(value)
     if total > MAX_ANNOTATIONS:
         raise FormatError(f"annotations are {total} bytes, more than {MAX_ANNOTATIONS}")
-    expected = str(FORMAT_VERSION).encode()
     if FORMAT_ANNOTATION not in given:
         raise FormatError(f"annotation {FORMAT_ANNOTATION} is missing: the ciphertext was not made by this plugin")
-    if given[FORMAT_ANNOTATION] != expected:
+    if given[FORMAT_ANNOTATION] != FORMAT_VALUE:
         raise FormatError(
-            f"annotation {FORMAT_ANNOTATION} is {_shorten(given[FORMAT_ANNOTATION])}, expected {expected.decode()}"
+            f"annotation {FORMAT_ANNOTATION} is {_shorten(given[FORMAT_ANNOTATION])}, expected {FORMAT_VALUE.decode()}"
         )
 
 
@@ -83,45 +107,41 @@ def _shorten(value, limit=64):
     return text if len(text) <= limit else text[:limit] + "...'"
 
 
-def _header(secret_uuid):
-    return MAGIC + bytes((FORMAT_VERSION,)) + secret_uuid.bytes
-
-
-def seal(aead, secret_uuid, plaintext):
-    """Encrypt ``plaintext`` under ``aead`` (an AESGCM for ``secret_uuid``)."""
+def seal(aead, header, aad, plaintext):
+    """Encrypt ``plaintext`` under ``aead``, the AESGCM of the key that ``header`` and ``aad`` name."""
     if not plaintext:
         raise FormatError("plaintext is empty")
     if len(plaintext) > MAX_PLAINTEXT:
         raise FormatError(f"plaintext is {len(plaintext)} bytes, more than {MAX_PLAINTEXT}")
-    header = _header(secret_uuid)
     nonce = os.urandom(NONCE_SIZE)
-    aad = header + key_id_for(secret_uuid).encode()
     return header + nonce + aead.encrypt(nonce, plaintext, aad)
 
 
 def parse(ciphertext):
-    """Check the framing of ``ciphertext``; return the UUID of the key that made it."""
+    """Check the framing of ``ciphertext``; return its key slot (the 16 UUID bytes of the key that made it)."""
+    if OVERHEAD < len(ciphertext) <= MAX_CIPHERTEXT and ciphertext[:len(PREFIX)] == PREFIX:
+        return bytes(ciphertext[len(PREFIX):HEADER_SIZE])
+    raise _framing_error(ciphertext)
+
+
+def _framing_error(ciphertext):
+    """Why :func:`parse` refused ``ciphertext``, checked in a fixed order."""
     if not ciphertext:
-        raise FormatError("ciphertext is empty")
+        return FormatError("ciphertext is empty")
     if len(ciphertext) > MAX_CIPHERTEXT:
-        raise FormatError(f"ciphertext is {len(ciphertext)} bytes, more than {MAX_CIPHERTEXT}")
+        return FormatError(f"ciphertext is {len(ciphertext)} bytes, more than {MAX_CIPHERTEXT}")
     if ciphertext[:len(MAGIC)] != MAGIC:
-        raise FormatError("ciphertext does not start with the teapot-kms magic bytes: it was made by another plugin or is corrupt")
+        return FormatError("ciphertext does not start with the teapot-kms magic bytes: it was made by another plugin or is corrupt")
     if len(ciphertext) < OVERHEAD + 1:
-        raise FormatError(f"ciphertext is truncated: {len(ciphertext)} bytes, at least {OVERHEAD + 1} expected")
+        return FormatError(f"ciphertext is truncated: {len(ciphertext)} bytes, at least {OVERHEAD + 1} expected")
     version = ciphertext[len(MAGIC)]
-    if version != FORMAT_VERSION:
-        raise FormatError(f"ciphertext format version {version} is not supported (this plugin reads version {FORMAT_VERSION})")
-    return uuid.UUID(bytes=bytes(ciphertext[len(MAGIC) + 1:HEADER_SIZE]))
+    return FormatError(f"ciphertext format version {version} is not supported (this plugin reads version {FORMAT_VERSION})")
 
 
-def open_sealed(aead, secret_uuid, ciphertext):
-    """Decrypt a ciphertext whose framing :func:`parse` accepted."""
-    header = ciphertext[:HEADER_SIZE]
-    nonce = ciphertext[HEADER_SIZE:HEADER_SIZE + NONCE_SIZE]
-    aad = bytes(header) + key_id_for(secret_uuid).encode()
+def open_sealed(aead, aad, ciphertext):
+    """Decrypt a ciphertext whose framing :func:`parse` accepted; ``aad`` is its key's :func:`aad_for`."""
     try:
-        return aead.decrypt(nonce, ciphertext[HEADER_SIZE + NONCE_SIZE:], aad)
+        return aead.decrypt(ciphertext[HEADER_SIZE:HEADER_SIZE + NONCE_SIZE], ciphertext[HEADER_SIZE + NONCE_SIZE:], aad)
     except InvalidTag:
         raise FormatError("ciphertext failed authentication: it was tampered with, truncated, or made with other key material") from None
 
