@@ -16,10 +16,16 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(TEAPOT_KMS_CACHE)/collections
 export ANSIBLE_LOCAL_TEMP := $(TEAPOT_KMS_CACHE)/ansible-tmp
 
-.PHONY: test venv lint sanity unit integration molecule build clean-cache
+.PHONY: test venv collection-link lint sanity unit integration molecule build clean-cache
 
-test: lint sanity unit integration molecule
-	@echo "make test: lint, sanity, unit, integration and molecule all passed"
+TEST_STEPS := lint sanity unit integration molecule
+
+test:
+	@all=$$(date +%s); for step in $(TEST_STEPS); do \
+		start=$$(date +%s); \
+		$(MAKE) --no-print-directory $$step || { echo "make test: $$step FAILED"; exit 1; }; \
+		echo "make test: $$step passed in $$(( $$(date +%s) - start ))s"; \
+	done; echo "make test: $(TEST_STEPS) all passed in $$(( $$(date +%s) - all ))s"
 
 venv: $(VENV)/.installed
 
@@ -66,8 +72,18 @@ unit: venv
 integration: venv
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
+# Every scenario with a molecule.yml, MOLECULE_JOBS at a time: each boots its
+# own test hosts on its own bridge, so scenarios do not share state.
+MOLECULE_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+MOLECULE_JOBS ?= 2
+
 molecule: venv collection-link
-	$(BIN)/molecule test --all
+	@test -n "$(MOLECULE_SCENARIOS)" || { echo "make molecule: no scenario found under molecule/"; exit 1; }
+	$(MAKE) --no-print-directory -j$(MOLECULE_JOBS) --output-sync=target $(addprefix molecule-,$(MOLECULE_SCENARIOS))
+
+molecule-%: venv collection-link
+	@start=$$(date +%s); $(BIN)/molecule test -s $*; rc=$$?; \
+		echo "molecule scenario $*: exit $$rc after $$(( $$(date +%s) - start ))s"; exit $$rc
 
 build: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path $(TEAPOT_KMS_CACHE)/build
