@@ -4,11 +4,15 @@ every call (``cache: {mode: per_call}``, the upstream plugin's design).
 
 Starts a real Keystone and Barbican (simple_crypto, sqlite) through the test
 harness, orders a KEK, then for Status, Encrypt and Decrypt runs 1 and 8
-concurrent client processes against each server for a fixed time.
+concurrent client processes.  Each client process is connected to the floor
+and to the plugin and switches between them every ``--slice`` seconds, all
+clients on the same schedule, until each server had ``--seconds`` of load:
+load from elsewhere on the machine then falls on both alike.  The per-call
+mode, tens of times slower, runs alone for ``--seconds``.
 
 Run from the repository root with the tools venv::
 
-    $TEAPOT_KMS_CACHE/venv/bin/python bench/kms_plugin_bench.py [--seconds 5]
+    $TEAPOT_KMS_CACHE/venv/bin/python bench/kms_plugin_bench.py [--seconds 6] [--slice 0.25]
 
 The table (markdown) is printed and written with the raw figures (JSON) under
 ``$TEAPOT_KMS_CACHE/bench/``.  Timings are never asserted anywhere.
@@ -32,12 +36,12 @@ METHODS = ("Status", "Encrypt", "Decrypt")
 SEED = bytes(range(32))
 
 
-# -- worker: one client process hammering one method -------------------------
+# -- worker: one client process calling one method on one or more servers ----
 
-def worker(socket_path, method, start_at, seconds):
+def _calls(socket_path, method):
     from teapot_kms_plugin.client import KmsClient  # pylint: disable=import-outside-toplevel
 
-    client = KmsClient(socket_path, timeout=30)
+    client = KmsClient(socket_path, timeout=60)
     client.wait_ready(30)
     made = client.encrypt(SEED, uid="bench")
     ciphertext, key_id, annotations = made.ciphertext, made.key_id, dict(made.annotations)
@@ -49,48 +53,64 @@ def worker(socket_path, method, start_at, seconds):
     call = calls[method]
     for _warmup in range(20):
         call()
-    while time.time() < start_at:
-        time.sleep(0.001)
-    latencies = []
-    began = time.perf_counter()
-    stop = began + seconds
-    while True:
-        started = time.perf_counter()
-        if started >= stop:
-            break
-        call()
-        latencies.append(time.perf_counter() - started)
-    elapsed = time.perf_counter() - began
-    client.close()
-    json.dump({"latencies": latencies, "elapsed": elapsed}, sys.stdout)
+    return client, call
+
+
+def worker(spec):
+    """Call ``spec["method"]`` on each target in turn, one time slice each, on a schedule shared by all workers.
+
+    Slice ``k`` starts at ``start_at + k * slice`` and belongs to target ``k % len(targets)``;
+    a call starts only inside its target's slice, so every worker (and any load from elsewhere
+    on the machine) moves from server to server together.
+    """
+    targets = spec["targets"]
+    clients = {name: _calls(path, spec["method"]) for name, path in targets}
+    results = {name: {"latencies": [], "elapsed": 0.0} for name, _path in targets}
+    slice_seconds = spec["slice"]
+    for index in range(spec["slices"] * len(targets)):
+        name = targets[index % len(targets)][0]
+        call = clients[name][1]
+        begin = spec["start_at"] + index * slice_seconds
+        end = begin + slice_seconds
+        while time.time() < begin:
+            time.sleep(0.0005)
+        latencies = results[name]["latencies"]
+        while time.time() < end:
+            started = time.perf_counter()
+            call()
+            latencies.append(time.perf_counter() - started)
+        results[name]["elapsed"] += slice_seconds
+    for client, _call in clients.values():
+        client.close()
+    json.dump(results, sys.stdout)
 
 
 # -- controller ----------------------------------------------------------------
 
-def run_load(python, socket_path, method, clients, seconds):
-    """Run ``clients`` worker processes for ``seconds``; return their latencies and elapsed time."""
-    start_at = time.time() + 1.5 + 0.2 * clients
-    procs = [
-        subprocess.Popen([python, __file__, "--worker", socket_path, method, repr(start_at), repr(seconds)],
-                         stdout=subprocess.PIPE, text=True)
-        for _client in range(clients)
-    ]
-    latencies = []
-    elapsed = 0.0
+def run_load(python, targets, method, clients, seconds, slice_seconds):
+    """``clients`` worker processes give each of ``targets`` (name, socket) ``seconds`` in slices.
+
+    Returns ``{name: (latencies, elapsed)}``: the calls of all workers, and the time the
+    target was under load.
+    """
+    slices = max(1, round(seconds / slice_seconds))
+    spec = {"targets": targets, "method": method, "slice": slice_seconds, "slices": slices,
+            "start_at": time.time() + 2.0 + 0.3 * clients}
+    procs = [subprocess.Popen([python, __file__, "--worker", json.dumps(spec)], stdout=subprocess.PIPE, text=True)
+             for _client in range(clients)]
+    merged = {name: ([], slices * slice_seconds) for name, _path in targets}
     for proc in procs:
-        out, _err = proc.communicate(timeout=seconds + 120)
+        out, _err = proc.communicate(timeout=seconds * len(targets) + 180)
         if proc.returncode != 0:
-            raise RuntimeError(f"bench worker for {method} on {socket_path} failed with {proc.returncode}")
-        result = json.loads(out)
-        latencies.extend(result["latencies"])
-        elapsed = max(elapsed, result["elapsed"])
-    return latencies, elapsed
+            raise RuntimeError(f"bench worker for {method} failed with {proc.returncode}")
+        for name, result in json.loads(out).items():
+            merged[name][0].extend(result["latencies"])
+    return merged
 
 
-def summarise(runs):
-    """Merge the rounds of one cell: percentiles over all calls, throughput over all time."""
-    latencies = sorted(latency for run_latencies, _elapsed in runs for latency in run_latencies)
-    elapsed = sum(run_elapsed for _latencies, run_elapsed in runs)
+def summarise(latencies, elapsed):
+    """Percentiles over all calls of a cell, throughput over the time its server was under load."""
+    latencies = sorted(latencies)
     return {
         "calls": len(latencies),
         "p50_ms": statistics.median(latencies) * 1000,
@@ -163,18 +183,19 @@ def controller(args):
         results = {}
         for method in METHODS:
             for clients in clients_list:
-                # Targets take turns in short rounds, so that load from elsewhere on the
-                # machine falls on all of them alike.
-                runs = {target: [] for target in sockets}
-                for _round in range(args.rounds):
-                    for target, path in sockets.items():
-                        runs[target].append(run_load(python, path, method, clients, args.seconds / args.rounds))
-                for target in sockets:
-                    results[(target, method, clients)] = summarise(runs[target])
+                # The floor and the plugin take turns in short slices inside the same client
+                # processes, so that load from elsewhere on the machine falls on both alike.
+                # Per-call fetching is slow enough (and far enough from its target) to run alone.
+                measured = run_load(python, [("noop", sockets["noop"]), ("plugin", sockets["plugin"])],
+                                    method, clients, args.seconds, args.slice)
+                measured.update(run_load(python, [("per_call", sockets["per_call"])], method, clients, args.seconds, args.seconds))
+                for target, (latencies, elapsed) in measured.items():
+                    results[(target, method, clients)] = summarise(latencies, elapsed)
                     print(f"{target:9} {method:8} clients={clients}: {results[(target, method, clients)]}", file=sys.stderr)
     text = table(results, clients_list)
     header = (f"KMS plugin benchmark {stamp}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-              f"{args.seconds:g}s per cell in {args.rounds} interleaved rounds, Barbican simple_crypto/sqlite under uWSGI on loopback")
+              f"{args.seconds:g}s per cell, floor and plugin interleaved in {args.slice:g}s slices, "
+              f"Barbican simple_crypto/sqlite under uWSGI on loopback, load average {os.getloadavg()[0]:.1f} at the end")
     (out_dir / f"kms-plugin-{stamp}.md").write_text(header + "\n\n" + text + "\n", encoding="utf-8")
     (out_dir / f"kms-plugin-{stamp}.json").write_text(
         json.dumps({"/".join(map(str, key)): value for key, value in results.items()}, indent=1), encoding="utf-8")
@@ -184,12 +205,12 @@ def controller(args):
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
+        worker(json.loads(sys.argv[2]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per method, server and client count")
     parser.add_argument("--clients", default="1,8", help="concurrent client processes, comma-separated")
-    parser.add_argument("--rounds", type=int, default=3, help="turns each server takes per cell (interleaved)")
+    parser.add_argument("--slice", type=float, default=0.25, help="seconds the floor and the plugin each get per turn")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     controller(args)
