@@ -4,6 +4,8 @@ One directory, named by ``TEAPOT_KMS_CACHE`` (default ``~/.cache/teapot-kms``),
 so that a developer's second run reuses what the first one built.
 """
 
+import contextlib
+import fcntl
 import os
 import pathlib
 
@@ -16,3 +18,17 @@ def cache_dir(*parts):
     path = pathlib.Path(base, *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def file_lock(path):
+    """Hold an exclusive flock on ``path`` (created if missing), so that two
+    test runs never build the same cached thing at once."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

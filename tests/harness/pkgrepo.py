@@ -26,7 +26,8 @@ import time
 
 from tests.harness.cache import cache_dir
 from tests.harness.procs import ManagedProcess, free_port, wait_for_port
-from tests.harness.testhosts import SUITE, TestHostError, _process_start_time, debian_mirror, file_lock
+from tests.harness.cache import file_lock
+from tests.harness.testhosts import SUITE, TestHostError, _process_start_time, debian_mirror
 
 HOST_PYTHON = "3.11"
 HOST_MACHINE = "x86_64"

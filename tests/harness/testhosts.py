@@ -39,7 +39,7 @@ import tempfile
 import time
 import uuid
 
-from tests.harness.cache import cache_dir
+from tests.harness.cache import cache_dir, file_lock
 from tests.harness.procs import ManagedProcess, wait_for_port
 
 SUITE = "bookworm"
@@ -77,19 +77,6 @@ def _run(argv, **kwargs):
             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
         )
     return result.stdout
-
-
-@contextlib.contextmanager
-def file_lock(path):
-    """Hold an exclusive flock on ``path`` (created if missing)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------

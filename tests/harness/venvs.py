@@ -8,8 +8,6 @@ tells a finished venv from one whose build was interrupted.
 """
 
 import concurrent.futures
-import contextlib
-import fcntl
 import hashlib
 import os
 import pathlib
@@ -17,7 +15,7 @@ import shutil
 import subprocess
 import sys
 
-from tests.harness.cache import cache_dir
+from tests.harness.cache import cache_dir, file_lock
 
 REQUIREMENTS = {
     "keystone": (
@@ -45,22 +43,12 @@ def venv_path(name):
     return cache_dir("venvs") / f"{name}-{_key(REQUIREMENTS[name])}"
 
 
-@contextlib.contextmanager
-def _locked(path):
-    with open(path, "a+", encoding="utf-8") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_venv(name):
     """Build the venv called ``name`` unless it is already complete; return its path."""
     path = venv_path(name)
     if (path / _MARKER).exists():
         return path
-    with _locked(f"{path}.lock"):
+    with file_lock(f"{path}.lock"):
         if (path / _MARKER).exists():
             return path
         if path.exists():
