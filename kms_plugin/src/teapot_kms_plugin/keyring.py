@@ -36,6 +36,39 @@ class FetchError(Exception):
         self.reason = reason
 
 
+class KeyLoadFailed(Exception):
+    """A key could not be loaded.  The message is safe to log and to show in Status."""
+
+    def __init__(self, message, fetch_failed):
+        super().__init__(message)
+        self.fetch_failed = fetch_failed
+
+
+def load_aead(fetch, ref, metrics=None):
+    """Fetch ``ref`` with ``fetch`` and return its AEAD; record the fetch in ``metrics``.
+
+    Every failure becomes KeyLoadFailed: a FetchError keeps its message, a bad
+    secret says why it is unusable, and an unexpected error is named by its
+    type only, since its text is not known to be free of secrets.
+    """
+    started = time.monotonic()
+    reason = None
+    try:
+        return wrapping.new_aead(fetch(ref))
+    except FetchError as exc:
+        reason = exc.reason
+        raise KeyLoadFailed(str(exc), fetch_failed=True) from None
+    except ValueError as exc:
+        reason = "bad_key"
+        raise KeyLoadFailed(f"secret {ref.ref} is unusable: {exc}", fetch_failed=False) from None
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        reason = "error"
+        raise KeyLoadFailed(f"fetching secret {ref.ref} failed: unexpected {type(exc).__name__}", fetch_failed=False) from None
+    finally:
+        if metrics is not None:
+            metrics.observe_fetch(time.monotonic() - started, reason)
+
+
 @dataclasses.dataclass(frozen=True)
 class KeyRef:
     """One Barbican secret in the keyring, as configured (a UUID or a full href).
@@ -165,34 +198,17 @@ class KeyCache:
     # -- fetching ------------------------------------------------------------
 
     def _fetch_into(self, slot):
-        started = time.monotonic()
         try:
-            material = self._fetch(slot.ref)
-            aead = wrapping.new_aead(material)
-        except FetchError as exc:
-            self._observe(started, exc.reason)
-            dropped = slot.aead is None and slot.fetched_at is not None
+            aead = load_aead(self._fetch, slot.ref, self._metrics)
+        except KeyLoadFailed as exc:
+            dropped = exc.fetch_failed and slot.aead is None and slot.fetched_at is not None
             slot.error = (f"dropped after max_stale {self.max_stale:.0f}s; " if dropped else "") + str(exc)
             return str(exc)
-        except ValueError as exc:
-            self._observe(started, "bad_key")
-            slot.error = f"secret {slot.ref.ref} is unusable: {exc}"
-            return slot.error
-        except Exception as exc:  # pylint: disable=broad-exception-caught
-            # The type only: the text of an unexpected error is not known to be free of secrets.
-            self._observe(started, "error")
-            slot.error = f"fetching secret {slot.ref.ref} failed: unexpected {type(exc).__name__}"
-            return slot.error
-        self._observe(started, None)
         # fetched_at before aead: a reader that sees the key always sees its age.
         slot.fetched_at = self._clock()
         slot.aead = aead
         slot.error = "none"
         return None
-
-    def _observe(self, started, reason):
-        if self._metrics is not None:
-            self._metrics.observe_fetch(time.monotonic() - started, reason)
 
     def refresh(self):
         """Fetch every key now; return ``{key_id: error}`` for those that failed."""
@@ -301,22 +317,13 @@ class PerCallKeys:
         return self._refs
 
     def _load(self, ref):
-        started = time.monotonic()
         try:
-            aead = wrapping.new_aead(self._fetch(ref))
-        except FetchError as exc:
+            aead = load_aead(self._fetch, ref, self._metrics)
+        except KeyLoadFailed as exc:
             self._last_error = str(exc)
-            if self._metrics is not None:
-                self._metrics.observe_fetch(time.monotonic() - started, exc.reason)
-            raise KeyUnavailable(f"key {ref.key_id} could not be fetched: {exc}") from None
-        except ValueError as exc:
-            self._last_error = str(exc)
-            raise KeyUnavailable(f"secret {ref.ref} is unusable: {exc}") from None
-        except Exception as exc:  # pylint: disable=broad-exception-caught
-            self._last_error = f"fetching secret {ref.ref} failed: unexpected {type(exc).__name__}"
-            raise KeyUnavailable(self._last_error) from None
-        if self._metrics is not None:
-            self._metrics.observe_fetch(time.monotonic() - started, None)
+            if exc.fetch_failed:
+                raise KeyUnavailable(f"key {ref.key_id} could not be fetched: {exc}") from None
+            raise KeyUnavailable(str(exc)) from None
         self._last_error = None
         return aead
 
