@@ -21,6 +21,14 @@ def _refused(call, *args):
     return info.value
 
 
+def _assert_turns_healthy(cache, ref, timeout=10.0):
+    """Wait for the background refresh to make ``cache`` healthy; fail if it does not."""
+    deadline = time.monotonic() + timeout
+    while not cache.status()[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cache.status() == (True, "ok", ref.key_id)
+
+
 def test_round_trip_and_layout(key_service, two_keys):
     ciphertext, key_id, annotations = key_service.encrypt(SEED)
     primary = two_keys.primary_ref
@@ -207,11 +215,7 @@ def test_background_refresh_retries_until_loaded(fetcher):
     cache.start()
     try:
         fetcher.fail = None
-        for _attempt in range(200):
-            if cache.status()[0]:
-                break
-            time.sleep(0.05)
-        assert cache.status() == (True, "ok", ref.key_id)
+        _assert_turns_healthy(cache, ref)
     finally:
         cache.stop()
 
@@ -346,10 +350,6 @@ def test_background_refresh_survives_a_surprise(fetcher):
     cache.refresh()
     cache.start()
     try:
-        for _attempt in range(200):
-            if cache.status()[0]:
-                break
-            time.sleep(0.05)
-        assert cache.status() == (True, "ok", ref.key_id)
+        _assert_turns_healthy(cache, ref)
     finally:
         cache.stop()

@@ -69,13 +69,44 @@ def test_rotation_by_sighup(keystone, barbican, start_plugin, kms_client_module,
     assert 'teapot_kms_reloads_total{result="ok"} 2.0' in plugin.metrics_text()
 
 
+OUTAGE_MAX_STALE = 10
+
+
+def _start_outage_plugin(start_plugin, user, own_barbican, href, tmp_path):
+    """A plugin that refreshes every second and drops keys after OUTAGE_MAX_STALE seconds."""
+    section = password_barbican_section(user, tmp_path / "secrets", endpoint_override=own_barbican.url)
+    return start_plugin({"barbican": section, "keys": [href],
+                         "cache": {"refresh_interval": 1, "retry_interval": 0.5, "max_stale": OUTAGE_MAX_STALE}})
+
+
+def _serves_from_cache_then_turns_unhealthy(client, plugin, href, made, stopped_at):
+    """Refreshes fail since ``stopped_at``: the cache keeps serving, then Status turns unhealthy
+    only past max_stale and Encrypt is refused. Return Status's reason and Encrypt's error."""
+    assert time.monotonic() - stopped_at < OUTAGE_MAX_STALE - 1, "the machine is too slow for this test's max_stale"
+    assert client.status().healthz == "ok"
+    assert client.decrypt(made.ciphertext, made.key_id, dict(made.annotations)).plaintext == SEED
+    assert client.encrypt(SEED).key_id == _key_id(href)
+
+    def unhealthy_reason():
+        healthz = client.status().healthz
+        return None if healthz == "ok" else healthz
+
+    healthz = _wait_for(unhealthy_reason, 60, "Status turning unhealthy")
+    # The last good refresh began at most refresh_interval (1s) before the stop began.
+    assert time.monotonic() - stopped_at >= OUTAGE_MAX_STALE - 2
+    assert "stale" in healthz and f"max_stale {OUTAGE_MAX_STALE}s" in healthz
+    code, status = plugin.status_command()
+    assert code == 1 and status["key_id"] == _key_id(href)
+    with pytest.raises(grpc.RpcError) as info:
+        client.encrypt(SEED)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    return healthz, info.value.details()
+
+
 def test_barbican_outage_serves_until_max_stale(keystone, barbican_factory, start_plugin, kms_client_module, tmp_path):  # noqa: F811
     own_barbican = barbican_factory()
     href = order_kek(own_barbican, keystone.plugin_user, "kek-outage")
-    max_stale = 10
-    section = password_barbican_section(keystone.plugin_user, tmp_path / "secrets", endpoint_override=own_barbican.url)
-    plugin = start_plugin({"barbican": section, "keys": [href],
-                           "cache": {"refresh_interval": 1, "retry_interval": 0.5, "max_stale": max_stale}})
+    plugin = _start_outage_plugin(start_plugin, keystone.plugin_user, own_barbican, href, tmp_path)
     with kms_client_module.KmsClient(plugin.socket) as client:
         made = client.encrypt(SEED)
         stopped_at = time.monotonic()
@@ -83,27 +114,11 @@ def test_barbican_outage_serves_until_max_stale(keystone, barbican_factory, star
 
         # Refreshes now fail, yet everything keeps serving from the cache.
         _wait_for(lambda: "teapot_kms_barbican_fetch_errors_total" in plugin.metrics_text(), 30, "a failed refresh")
-        assert time.monotonic() - stopped_at < max_stale - 1, "the machine is too slow for this test's max_stale"
-        assert client.status().healthz == "ok"
-        assert client.decrypt(made.ciphertext, made.key_id, dict(made.annotations)).plaintext == SEED
-        assert client.encrypt(SEED).key_id == _key_id(href)
-
-        def unhealthy_reason():
-            healthz = client.status().healthz
-            return None if healthz == "ok" else healthz
-
-        healthz = _wait_for(unhealthy_reason, 60, "Status turning unhealthy")
-        unhealthy_after = time.monotonic() - stopped_at
-        assert "stale" in healthz and f"max_stale {max_stale}s" in healthz and "cannot connect" in healthz
+        healthz, refused = _serves_from_cache_then_turns_unhealthy(client, plugin, href, made, stopped_at)
+        assert "cannot connect" in healthz
         confirmed_ago = int(re.search(r"last confirmed it (\d+)s ago", healthz).group(1))
-        assert confirmed_ago >= max_stale
-        # The last good refresh began at most refresh_interval (1s) before the stop began.
-        assert unhealthy_after >= max_stale - 2
-        code, status = plugin.status_command()
-        assert code == 1 and status["key_id"] == _key_id(href)
-        with pytest.raises(grpc.RpcError) as info:
-            client.encrypt(SEED)
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "max_stale" in info.value.details()
+        assert confirmed_ago >= OUTAGE_MAX_STALE
+        assert "max_stale" in refused
 
         own_barbican.start()
         _wait_for(lambda: client.status().healthz == "ok", 60, "recovery after Barbican came back")
@@ -170,10 +185,7 @@ def keystone_to_stop(service_venvs, tmp_path_factory, harness_log_dir):
 def test_keystone_outage_serves_until_max_stale(keystone_to_stop, start_plugin, kms_client_module, tmp_path):  # noqa: F811
     own_keystone, own_barbican = keystone_to_stop
     href = order_kek(own_barbican, own_keystone.plugin_user, "kek-keystone-outage")
-    max_stale = 10
-    section = password_barbican_section(own_keystone.plugin_user, tmp_path / "secrets", endpoint_override=own_barbican.url)
-    plugin = start_plugin({"barbican": section, "keys": [href],
-                           "cache": {"refresh_interval": 1, "retry_interval": 0.5, "max_stale": max_stale}})
+    plugin = _start_outage_plugin(start_plugin, own_keystone.plugin_user, own_barbican, href, tmp_path)
     with kms_client_module.KmsClient(plugin.socket) as client:
         made = client.encrypt(SEED)
         stopped_at = time.monotonic()
@@ -182,25 +194,9 @@ def test_keystone_outage_serves_until_max_stale(keystone_to_stop, start_plugin, 
         # Refreshes now fail at authentication; Barbican is still up; the cache keeps serving.
         _wait_for(lambda: 'reason="keystone_unreachable"' in plugin.metrics_text(), 30, "a refresh failing at Keystone")
         assert own_barbican.running()
-        assert time.monotonic() - stopped_at < max_stale - 1, "the machine is too slow for this test's max_stale"
-        assert client.status().healthz == "ok"
-        assert client.decrypt(made.ciphertext, made.key_id, dict(made.annotations)).plaintext == SEED
-        assert client.encrypt(SEED).key_id == _key_id(href)
-
-        def unhealthy_reason():
-            healthz = client.status().healthz
-            return None if healthz == "ok" else healthz
-
-        healthz = _wait_for(unhealthy_reason, 60, "Status turning unhealthy")
-        unhealthy_after = time.monotonic() - stopped_at
-        assert unhealthy_after >= max_stale - 2
-        assert "stale" in healthz and f"max_stale {max_stale}s" in healthz
+        healthz, refused = _serves_from_cache_then_turns_unhealthy(client, plugin, href, made, stopped_at)
         assert f"authenticating with Keystone at {own_keystone.auth_url}" in healthz and "cannot connect" in healthz
-        code, status = plugin.status_command()
-        assert code == 1 and status["key_id"] == _key_id(href)
-        with pytest.raises(grpc.RpcError) as info:
-            client.encrypt(SEED)
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "Keystone" in info.value.details()
+        assert "Keystone" in refused
         assert "authenticating with Keystone" in plugin.log_text()
 
         own_keystone.start()
