@@ -8,12 +8,15 @@ export TEAPOT_KMS_CACHE
 PYTHON ?= python3
 VENV := $(TEAPOT_KMS_CACHE)/venv
 BIN := $(VENV)/bin
-COLLECTION_ROOT := $(TEAPOT_KMS_CACHE)/sanity/ansible_collections/teapot/kms
+# Per checkout, so that two checkouts sharing one cache never test each
+# other's tree.
+CHECKOUT_ID := $(shell printf '%s' '$(CURDIR)' | sha256sum | cut -c1-12)
+COLLECTION_ROOT := $(TEAPOT_KMS_CACHE)/sanity/$(CHECKOUT_ID)/ansible_collections/teapot/kms
 PYTEST_ARGS ?=
 
 export PATH := $(BIN):$(PATH)
 # Keep ansible-lint, ansible-test and Molecule from looking outside this tree.
-export ANSIBLE_COLLECTIONS_PATH := $(TEAPOT_KMS_CACHE)/collections
+export ANSIBLE_COLLECTIONS_PATH := $(TEAPOT_KMS_CACHE)/collections/$(CHECKOUT_ID)
 export ANSIBLE_LOCAL_TEMP := $(TEAPOT_KMS_CACHE)/ansible-tmp
 
 .PHONY: test venv collection-link lint sanity unit integration molecule build clean-cache
