@@ -18,7 +18,7 @@ from teapot_kms_plugin import keyring  # noqa: E402
 from teapot_kms_plugin import service  # noqa: E402
 from teapot_kms_plugin import transport  # noqa: E402
 from teapot_kms_plugin.client import KmsClient  # noqa: E402
-from kms_plugin_testing import DictFetcher  # noqa: E402
+from daemon_testing import DictFetcher  # noqa: E402
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import time
 import uuid
 
 import pytest
-from kms_plugin_testing import FakeClock
+from daemon_testing import FakeClock
 
 from teapot_kms_plugin import keyring
 from teapot_kms_plugin import proto
