@@ -2,7 +2,9 @@
 
 ``prepare()`` builds both from the caller's lists (cached: the same list for
 the same rootfs is built once), and ``serve()`` starts an HTTP server bound
-only to the test bridge's host-side address.  Hosts then use::
+only to the test bridge's host-side address.  ``build()`` (the command line,
+``python3 -m tests.harness.pkgrepo``) builds the same for a site's own hosts,
+resolved against a copy of their dpkg status.  Hosts then use::
 
     deb [trusted=yes] http://ADDRESS:PORT/debian ./
     pip index-url http://ADDRESS:PORT/pypi/simple/
@@ -11,6 +13,7 @@ The .deb files are resolved by apt on the controller against exactly the
 host rootfs's dpkg status, so every dependency the rootfs lacks comes along.
 """
 
+import argparse
 import contextlib
 import gzip
 import hashlib
@@ -249,3 +252,56 @@ def serve(sources, address, run_dir, state, log_dir):
         "debian_dir": sources["debian"],
         "pypi_dir": sources["pypi"],
     }
+
+
+# --------------------------------------------------------------------------
+# For a site's own hosts
+
+
+def build(dest, dpkg_status, debs=(), wheels=(), build_wheels=(), log=sys.stderr):
+    """Build both sources into ``dest/debian`` and ``dest/pypi``.
+
+    apt resolves ``debs`` against ``dpkg_status`` (a copy of one host's
+    /var/lib/dpkg/status), so the repository holds what such hosts lack.
+    """
+    dest = pathlib.Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise TestHostError(f"{dest} is not empty: give a new directory, so that no file of an older build stays in it")
+    status = pathlib.Path(dpkg_status).read_bytes()
+    # prepare() takes a root whose var/lib/dpkg/status apt reads; named by the
+    # status's digest, so that its cache follows the hosts' installed set.
+    host_root = cache_dir("host-status", hashlib.sha256(status).hexdigest()[:16])
+    (host_root / "var/lib/dpkg").mkdir(parents=True, exist_ok=True)
+    (host_root / "var/lib/dpkg/status").write_bytes(status)
+    sources = prepare(host_root, debs=debs, wheels=wheels, build_wheels=build_wheels, log=log)
+    for name, directory in sources.items():
+        shutil.copytree(directory, dest / name)
+    return {name: str(dest / name) for name in sources}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python3 -m tests.harness.pkgrepo",
+        description="Build a flat Debian repository and a PEP 503 wheel index for hosts without internet "
+                    "(see docs/offline-install.md).",
+    )
+    parser.add_argument("--dest", required=True, help="new directory to write debian/ and pypi/ into")
+    parser.add_argument("--dpkg-status", required=True, help="a copy of /var/lib/dpkg/status from one of the hosts")
+    parser.add_argument("--deb", action="append", default=[], help="Debian package for the repository (repeat)")
+    parser.add_argument("--wheel", action="append", default=[], help="requirement to download as a wheel (repeat)")
+    parser.add_argument("--build-wheel", action="append", default=[],
+                        help="requirement to build with pip wheel here, for packages without a wheel (repeat)")
+    args = parser.parse_args(argv)
+    try:
+        print(json.dumps(build(args.dest, args.dpkg_status, args.deb, args.wheel, args.build_wheel), indent=2))
+    except (TestHostError, OSError) as error:
+        print(f"pkgrepo: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the importable module, so that this entry point and testhosts share one TestHostError.
+    from tests.harness import pkgrepo as _pkgrepo  # pylint: disable=import-self
+
+    sys.exit(_pkgrepo.main())

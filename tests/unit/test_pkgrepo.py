@@ -116,3 +116,26 @@ def test_debian_mirror_is_read_from_deb822_and_one_line_sources(tmp_path, monkey
         testhosts.debian_mirror("trixie", apt_etc=etc)
     monkeypatch.setenv("TEAPOT_KMS_DEBIAN_MIRROR", "http://override.invalid/debian")
     assert testhosts.debian_mirror("trixie", apt_etc=etc) == "http://override.invalid/debian"
+
+
+@pytest.mark.skipif(not shutil.which("dpkg-scanpackages"), reason="needs dpkg-dev")
+def test_build_for_a_site_writes_both_sources_into_a_new_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TEAPOT_KMS_CACHE", str(tmp_path / "cache"))
+    status = tmp_path / "status"
+    status.write_text("Package: base-files\nStatus: install ok installed\nVersion: 12.4+deb12u1\n", encoding="utf-8")
+    dest = tmp_path / "site"
+    argv = ["--dest", str(dest), "--dpkg-status", str(status)]
+
+    assert pkgrepo.main(argv) == 0
+
+    assert sorted(path.name for path in dest.iterdir()) == ["debian", "pypi"]
+    assert (dest / "debian" / "Packages").read_text(encoding="utf-8") == ""
+    assert "SHA256:" in (dest / "debian" / "Release").read_text(encoding="utf-8")
+    assert _links(dest / "pypi" / "simple" / "index.html") == []
+    # apt resolved against this status: the copy is keyed by its content.
+    digest = hashlib.sha256(status.read_bytes()).hexdigest()[:16]
+    assert (tmp_path / "cache" / "host-status" / digest / "var/lib/dpkg/status").read_bytes() == status.read_bytes()
+
+    capsys.readouterr()
+    assert pkgrepo.main(argv) == 1
+    assert f"{dest} is not empty: give a new directory" in capsys.readouterr().err
