@@ -330,10 +330,18 @@ def parse_registry_key(key, resources, etcd_prefix=DEFAULT_ETCD_PREFIX):
             best = (resource, prefix)
     if best is None:
         raise ValueError(f"etcd key {key!r} is not under the storage prefix of any of {list(resources)}")
-    resource, prefix = best
-    parts = key[len(prefix):].split("/")
+    namespace, name = split_object_key(key, best[1])
+    return best[0], namespace, name
+
+
+def split_object_key(key, prefix):
+    """``(namespace, name)`` of ``key`` under the resource prefix ``prefix`` (from registry_prefix()).
+
+    Raises ValueError when what follows the prefix is not ``[<namespace>/]<name>``.
+    """
+    parts = key[len(prefix):].split("/") if key.startswith(prefix) else ()
     if len(parts) == 1 and parts[0]:
-        return resource, None, parts[0]
-    if len(parts) == 2 and all(parts):
-        return resource, parts[0], parts[1]
-    raise ValueError(f"etcd key {key!r} is not <prefix>/[<namespace>/]<name> for {resource}")
+        return None, parts[0]
+    if len(parts) == 2 and parts[0] and parts[1]:
+        return parts[0], parts[1]
+    raise ValueError(f"etcd key {key!r} is not {prefix}[<namespace>/]<name>")

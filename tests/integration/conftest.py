@@ -72,8 +72,9 @@ class _Servers:
     def etcd(self):
         return self._get("etcd", lambda: EtcdServer(self._tmp.mktemp("etcd"), self._log_dir))
 
-    def etcd_tls(self):
-        return self._get("etcd_tls", lambda: EtcdServer(self._tmp.mktemp("etcd-tls"), self._log_dir, name="tls", tls=True))
+    def etcd_tls(self, name="tls"):
+        """A TLS etcd per ``name``: tests that need a store of their own ask for their own name."""
+        return self._get(f"etcd_{name}", lambda: EtcdServer(self._tmp.mktemp(f"etcd-{name}"), self._log_dir, name=name, tls=True))
 
     def stop_all(self):
         for server in reversed(list(self._servers.values())):
