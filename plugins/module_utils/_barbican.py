@@ -28,7 +28,7 @@ else:
     CLIENT_LIBS_IMPORT_ERROR = None
 
 # The plugin daemon reports this prefix followed by the secret's UUID
-# (kms_plugin/src/teapot_kms_plugin/wrapping.py:key_id_for).
+# (daemon/src/teapot_kms_plugin/wrapping.py:key_id_for).
 KEY_ID_PREFIX = "barbican:"
 PAYLOAD_CONTENT_TYPE = "application/octet-stream"
 PAGE_SIZE = 100

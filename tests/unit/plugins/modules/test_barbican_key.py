@@ -178,11 +178,11 @@ def _raise(exc):
 
 
 def test_key_id_rule_is_the_daemons():
-    sys.path.insert(0, str(REPO / "kms_plugin" / "src"))
+    sys.path.insert(0, str(REPO / "daemon" / "src"))
     try:
         from teapot_kms_plugin import wrapping  # pylint: disable=import-outside-toplevel,import-error
     finally:
-        sys.path.remove(str(REPO / "kms_plugin" / "src"))
+        sys.path.remove(str(REPO / "daemon" / "src"))
     for _attempt in range(50):
         secret = uuid.uuid4()
         href = f"https://barbican.example:9311/v1/secrets/{secret}"

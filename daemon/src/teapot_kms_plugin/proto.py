@@ -11,7 +11,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf import message_factory
 
 PACKAGE = "v2"
-SERVICE = "v2.KeyManagementService"
+GRPC_SERVICE = "v2.KeyManagementService"
 
 _FDP = descriptor_pb2.FieldDescriptorProto
 _STRING = _FDP.TYPE_STRING
@@ -73,13 +73,13 @@ def _file_descriptor():
     _add_field(encrypt_response, "key_id", 2, _STRING, "keyId")
     _add_bytes_map(encrypt_response, "annotations", 3, "annotations")
 
-    service = proto.service.add(name="KeyManagementService")
+    grpc_service = proto.service.add(name="KeyManagementService")
     for method, request, response in (
         ("Status", "StatusRequest", "StatusResponse"),
         ("Decrypt", "DecryptRequest", "DecryptResponse"),
         ("Encrypt", "EncryptRequest", "EncryptResponse"),
     ):
-        service.method.add(name=method, input_type=f".{PACKAGE}.{request}", output_type=f".{PACKAGE}.{response}")
+        grpc_service.method.add(name=method, input_type=f".{PACKAGE}.{request}", output_type=f".{PACKAGE}.{response}")
     return proto
 
 
@@ -110,4 +110,4 @@ METHODS = {
 
 def method_path(method):
     """The HTTP/2 path a gRPC client calls, e.g. ``/v2.KeyManagementService/Encrypt``."""
-    return f"/{SERVICE}/{method}"
+    return f"/{GRPC_SERVICE}/{method}"

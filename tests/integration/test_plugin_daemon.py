@@ -1,7 +1,7 @@
 """The KMS v2 plugin daemon against real Keystone and Barbican, through its real socket.
 
 The daemon runs as a process from a venv installed offline from wheels
-(tests/harness/kms_plugin.py); the client speaks KMS v2 with message classes
+(tests/harness/plugin_daemon.py); the client speaks KMS v2 with message classes
 built from the proto descriptor.
 """
 
@@ -19,7 +19,7 @@ import yaml
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tests.harness.kms_plugin import SOURCE, PluginProcess, order_kek, password_barbican_section, plugin_venv
+from tests.harness.plugin_daemon import SOURCE, PluginProcess, order_kek, password_barbican_section, plugin_venv
 from tests.harness.procs import free_port
 
 pytestmark = pytest.mark.slow
@@ -175,7 +175,7 @@ def test_malformed_inputs(served, kms_client_module):
 
 
 def test_fuzz_decrypt_through_daemon(served, kms_client_module):
-    """A short hypothesis run through the real daemon (the long run is kms_plugin/tests/test_kms_fuzz.py)."""
+    """A short hypothesis run through the real daemon (the long run is daemon/tests/test_kms_fuzz.py)."""
     client = kms_client_module.KmsClient(served.socket)
     made = client.encrypt(SEED)
     valid = made.ciphertext

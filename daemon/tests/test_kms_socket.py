@@ -69,16 +69,16 @@ def test_refuses_socket_in_use(tmp_path, key_service):
         live.close()
 
 
-def test_round_trip_over_socket(socket_service):
-    _path, client, _service = socket_service
+def test_round_trip_over_socket(socket_server):
+    _path, client, _key_service = socket_server
     response = client.encrypt(b"\x07" * 32, uid="8a1d")
     assert client.decrypt(response.ciphertext, response.key_id, dict(response.annotations)).plaintext == b"\x07" * 32
     assert client.status().key_id == response.key_id
 
 
 @pytest.mark.parametrize("method", ["Status", "Encrypt", "Decrypt"])
-def test_garbage_request_is_invalid_argument(socket_service, method):
-    _path, client, _service = socket_service
+def test_garbage_request_is_invalid_argument(socket_server, method):
+    _path, client, _key_service = socket_server
     call = client.channel.unary_unary(proto.method_path(method))
     with pytest.raises(grpc.RpcError) as info:
         call(b"\x0a\xff\xff\xff\xff\x0f", timeout=5)
@@ -86,23 +86,23 @@ def test_garbage_request_is_invalid_argument(socket_service, method):
     assert "is not a valid" in info.value.details()
 
 
-def test_unknown_method_is_unimplemented(socket_service):
-    _path, client, _service = socket_service
+def test_unknown_method_is_unimplemented(socket_server):
+    _path, client, _key_service = socket_server
     call = client.channel.unary_unary("/v2.KeyManagementService/Rotate")
     with pytest.raises(grpc.RpcError) as info:
         call(b"", timeout=5)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_oversized_request_is_refused(socket_service):
-    _path, client, _service = socket_service
+def test_oversized_request_is_refused(socket_server):
+    _path, client, _key_service = socket_server
     with pytest.raises(grpc.RpcError) as info:
         client.decrypt(b"x" * (transport.MAX_MESSAGE + 1), "k")
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert client.status().healthz == "ok"
 
 
-class _BrokenService:
+class _BrokenKeyService:
     """A key service with a bug whose exception text quotes something secret."""
 
     def status(self):
@@ -117,7 +117,7 @@ class _BrokenService:
 
 def test_unexpected_error_is_internal_without_its_text(tmp_path, caplog):
     path = str(tmp_path / "kms.sock")
-    server = transport.start_server(transport.Servicer(_BrokenService()), path, workers=2)
+    server = transport.start_server(transport.Servicer(_BrokenKeyService()), path, workers=2)
     try:
         with KmsClient(path) as client:
             calls = (client.status, lambda: client.encrypt(b"\x01" * 32, uid="uid-broken"), lambda: client.decrypt(b"x", "k"))

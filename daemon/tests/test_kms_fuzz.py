@@ -10,11 +10,11 @@ import os
 import grpc
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from teapot_kms_plugin import service
+from teapot_kms_plugin import keyservice
 from teapot_kms_plugin import wrapping
 
 EXAMPLES = int(os.environ.get("TEAPOT_KMS_FUZZ_EXAMPLES", "300"))
-ALLOWED = {service.INVALID_ARGUMENT, service.NOT_FOUND}
+ALLOWED = {keyservice.INVALID_ARGUMENT, keyservice.NOT_FOUND}
 FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
 _fqdn = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,10}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,10}[a-z0-9])?){1,3}", fullmatch=True)
 
@@ -62,7 +62,7 @@ def test_fuzz_decrypt_in_process(key_service, two_keys):
         ciphertext, key_id, annotations, _uid = case
         try:
             plaintext = key_service.decrypt(ciphertext, key_id, annotations)
-        except service.KmsError as exc:
+        except keyservice.KmsError as exc:
             assert exc.code in ALLOWED, (exc.code, str(exc))
             assert str(exc) and "\n" not in str(exc)
         else:
@@ -72,8 +72,8 @@ def test_fuzz_decrypt_in_process(key_service, two_keys):
     check()
 
 
-def test_fuzz_decrypt_through_socket(socket_service):
-    _path, client, key_service = socket_service
+def test_fuzz_decrypt_through_socket(socket_server):
+    _path, client, key_service = socket_server
     valid, key_ids = _valid_material(key_service, 4)
 
     @settings(FUZZ_SETTINGS, max_examples=max(20, EXAMPLES // 3))

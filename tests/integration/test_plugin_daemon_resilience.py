@@ -11,8 +11,8 @@ import pytest
 
 from tests.harness.barbican import BarbicanService
 from tests.harness.keystone import KeystoneService
-from tests.harness.kms_plugin import order_kek, password_barbican_section
-from tests.integration.test_kms_plugin import kms_client_module, kms_venv, start_plugin  # noqa: F401 pylint: disable=unused-import
+from tests.harness.plugin_daemon import order_kek, password_barbican_section
+from tests.integration.test_plugin_daemon import kms_client_module, kms_venv, start_plugin  # noqa: F401 pylint: disable=unused-import
 
 pytestmark = pytest.mark.slow
 SEED = os.urandom(32)

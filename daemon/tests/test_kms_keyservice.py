@@ -5,18 +5,18 @@ import time
 import uuid
 
 import pytest
-from kms_plugin_testing import FakeClock
+from daemon_testing import FakeClock
 
 from teapot_kms_plugin import keyring
 from teapot_kms_plugin import proto
-from teapot_kms_plugin import service
+from teapot_kms_plugin import keyservice
 from teapot_kms_plugin import wrapping
 
 SEED = bytes(range(32))
 
 
 def _refused(call, *args):
-    with pytest.raises(service.KmsError) as info:
+    with pytest.raises(keyservice.KmsError) as info:
         call(*args)
     return info.value
 
@@ -52,7 +52,7 @@ def test_every_flipped_byte_is_rejected(key_service):
         tampered = bytearray(ciphertext)
         tampered[index] ^= 0x01
         error = _refused(key_service.decrypt, bytes(tampered), key_id, annotations)
-        assert error.code in (service.INVALID_ARGUMENT, service.NOT_FOUND), index
+        assert error.code in (keyservice.INVALID_ARGUMENT, keyservice.NOT_FOUND), index
         assert str(error)
 
 
@@ -60,7 +60,7 @@ def test_every_truncation_is_rejected(key_service):
     ciphertext, key_id, annotations = key_service.encrypt(SEED)
     for length in range(len(ciphertext)):
         error = _refused(key_service.decrypt, ciphertext[:length], key_id, annotations)
-        assert error.code == service.INVALID_ARGUMENT
+        assert error.code == keyservice.INVALID_ARGUMENT
         assert any(word in str(error) for word in ("empty", "truncated", "authentication", "magic")), str(error)
 
 
@@ -74,7 +74,7 @@ def test_every_truncation_is_rejected(key_service):
 def test_malformed_ciphertexts(key_service, ciphertext, message):
     key_id = key_service.status()[2]
     error = _refused(key_service.decrypt, ciphertext, key_id, wrapping.annotations())
-    assert error.code == service.INVALID_ARGUMENT
+    assert error.code == keyservice.INVALID_ARGUMENT
     assert message in str(error)
 
 
@@ -82,7 +82,7 @@ def test_key_id_must_match_ciphertext(key_service, two_keys):
     ciphertext, _key_id, annotations = key_service.encrypt(SEED)
     other = two_keys.refs[1].key_id
     error = _refused(key_service.decrypt, ciphertext, other, annotations)
-    assert error.code == service.INVALID_ARGUMENT and "does not match" in str(error)
+    assert error.code == keyservice.INVALID_ARGUMENT and "does not match" in str(error)
     error = _refused(key_service.decrypt, ciphertext, "", annotations)
     assert "key_id is empty" in str(error)
     error = _refused(key_service.decrypt, ciphertext, "k" * 2000, annotations)
@@ -94,7 +94,7 @@ def test_slot_swapped_to_other_key_fails_authentication(key_service, two_keys):
     other = two_keys.refs[1]
     forged = ciphertext[:3] + other.uuid.bytes + ciphertext[19:]
     error = _refused(key_service.decrypt, forged, other.key_id, annotations)
-    assert error.code == service.INVALID_ARGUMENT and "authentication" in str(error)
+    assert error.code == keyservice.INVALID_ARGUMENT and "authentication" in str(error)
 
 
 def test_unknown_key_is_named(key_service):
@@ -102,7 +102,7 @@ def test_unknown_key_is_named(key_service):
     stranger = uuid.uuid4()
     forged = ciphertext[:3] + stranger.bytes + ciphertext[19:]
     error = _refused(key_service.decrypt, forged, f"barbican:{stranger}", annotations)
-    assert error.code == service.NOT_FOUND
+    assert error.code == keyservice.NOT_FOUND
     assert f"barbican:{stranger}" in str(error) and "not in the keyring" in str(error)
 
 
@@ -116,7 +116,7 @@ def test_unknown_key_is_named(key_service):
 def test_annotations_are_checked(key_service, annotations, message):
     ciphertext, key_id, _annotations = key_service.encrypt(SEED)
     error = _refused(key_service.decrypt, ciphertext, key_id, annotations)
-    assert error.code == service.INVALID_ARGUMENT and message in str(error)
+    assert error.code == keyservice.INVALID_ARGUMENT and message in str(error)
 
 
 def test_foreign_annotations_are_accepted(key_service):
@@ -128,7 +128,7 @@ def test_foreign_annotations_are_accepted(key_service):
 @pytest.mark.parametrize("plaintext, message", [(b"", "empty"), (bytes(978), "more than 977")])
 def test_encrypt_rejects_bad_plaintext(key_service, plaintext, message):
     error = _refused(key_service.encrypt, plaintext)
-    assert error.code == service.INVALID_ARGUMENT and message in str(error)
+    assert error.code == keyservice.INVALID_ARGUMENT and message in str(error)
 
 
 def test_largest_plaintext_fits_the_apiserver_limit(key_service):
@@ -138,7 +138,7 @@ def test_largest_plaintext_fits_the_apiserver_limit(key_service):
 
 
 def test_rotation_keeps_old_ciphertexts(fetcher, two_keys):
-    key_service = service.KeyService(two_keys)
+    key_service = keyservice.KeyService(two_keys)
     old_ciphertext, old_key_id, annotations = key_service.encrypt(SEED)
     newest = fetcher.add()
     assert two_keys.replace([newest] + list(two_keys.refs)) == {}
@@ -150,7 +150,7 @@ def test_rotation_keeps_old_ciphertexts(fetcher, two_keys):
     # Dropping the old key: its ciphertexts now name it as unknown.
     two_keys.replace([newest])
     error = _refused(key_service.decrypt, old_ciphertext, old_key_id, annotations)
-    assert error.code == service.NOT_FOUND and old_key_id in str(error)
+    assert error.code == keyservice.NOT_FOUND and old_key_id in str(error)
 
 
 def test_replace_keeps_old_ring_when_new_primary_fails(fetcher, two_keys):
@@ -176,7 +176,7 @@ def test_staleness_rule(fetcher):
     ref = fetcher.add()
     cache = keyring.KeyCache([ref], fetcher, refresh_interval=10, max_stale=100, clock=clock)
     assert cache.refresh() == {}
-    key_service = service.KeyService(cache)
+    key_service = keyservice.KeyService(cache)
     ciphertext, key_id, annotations = key_service.encrypt(SEED)
     fetcher.fail = "cannot connect: Barbican is down"
     clock.now += 50
@@ -188,8 +188,8 @@ def test_staleness_rule(fetcher):
     _version, healthz, reported = key_service.status()
     assert reported == ref.key_id
     assert "stale" in healthz and "max_stale 100s" in healthz and "Barbican is down" in healthz
-    assert _refused(key_service.encrypt, SEED).code == service.UNAVAILABLE
-    assert _refused(key_service.decrypt, ciphertext, key_id, annotations).code == service.UNAVAILABLE
+    assert _refused(key_service.encrypt, SEED).code == keyservice.UNAVAILABLE
+    assert _refused(key_service.decrypt, ciphertext, key_id, annotations).code == keyservice.UNAVAILABLE
     # Barbican back: the next refresh restores service.
     fetcher.fail = None
     assert cache.refresh() == {}
@@ -223,7 +223,7 @@ def test_background_refresh_retries_until_loaded(fetcher):
 def test_per_call_mode_fetches_every_time(fetcher):
     ref = fetcher.add()
     keys = keyring.PerCallKeys([ref], fetcher)
-    key_service = service.KeyService(keys)
+    key_service = keyservice.KeyService(keys)
     ciphertext, key_id, annotations = key_service.encrypt(SEED)
     before = fetcher.calls
     assert key_service.decrypt(ciphertext, key_id, annotations) == SEED
@@ -291,17 +291,17 @@ def test_wrong_key_id_is_reported_before_the_key_state(fetcher):
     ref, other = fetcher.add(), fetcher.add()
     cache = keyring.KeyCache([ref, other], fetcher, refresh_interval=10, max_stale=100, clock=clock)
     assert cache.refresh() == {}
-    key_service = service.KeyService(cache)
+    key_service = keyservice.KeyService(cache)
     ciphertext, key_id, annotations = key_service.encrypt(SEED)
     clock.now += 101
     # Stale: the right key_id gets UNAVAILABLE, a wrong one INVALID_ARGUMENT as when fresh.
-    assert _refused(key_service.decrypt, ciphertext, other.key_id, annotations).code == service.INVALID_ARGUMENT
-    assert _refused(key_service.decrypt, ciphertext, key_id, annotations).code == service.UNAVAILABLE
+    assert _refused(key_service.decrypt, ciphertext, other.key_id, annotations).code == keyservice.INVALID_ARGUMENT
+    assert _refused(key_service.decrypt, ciphertext, key_id, annotations).code == keyservice.UNAVAILABLE
     # Unknown slot with a key_id that is not its own: INVALID_ARGUMENT, not NOT_FOUND.
     stranger = uuid.uuid4()
     forged = ciphertext[:3] + stranger.bytes + ciphertext[19:]
     error = _refused(key_service.decrypt, forged, key_id, annotations)
-    assert error.code == service.INVALID_ARGUMENT and f"barbican:{stranger}" in str(error)
+    assert error.code == keyservice.INVALID_ARGUMENT and f"barbican:{stranger}" in str(error)
 
 
 def test_framing_errors_come_in_a_fixed_order():
@@ -340,8 +340,8 @@ def test_unexpected_fetch_error_is_reported_by_type_only(fetcher):
     healthy, healthz, _key_id = cache.status()
     assert not healthy and "TypeError" in healthz and "secret-material" not in healthz
     per_call = keyring.PerCallKeys([ref], _SurprisingFetcher(fetcher, 1))
-    error = _refused(service.KeyService(per_call).encrypt, SEED)
-    assert error.code == service.UNAVAILABLE and "TypeError" in str(error) and "secret-material" not in str(error)
+    error = _refused(keyservice.KeyService(per_call).encrypt, SEED)
+    assert error.code == keyservice.UNAVAILABLE and "TypeError" in str(error) and "secret-material" not in str(error)
 
 
 def test_background_refresh_survives_a_surprise(fetcher):

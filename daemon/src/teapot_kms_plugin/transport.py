@@ -17,7 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from . import proto
-from . import service as service_module
+from . import keyservice
 
 LOG = logging.getLogger(__name__)
 # A DecryptRequest is at most ~1 KiB ciphertext + 1 KiB key_id + 32 KiB annotations.
@@ -35,8 +35,8 @@ def _uid(text):
 class Servicer:
     """Maps gRPC calls onto the key service; records metrics and logs."""
 
-    def __init__(self, service, metrics=None):
-        self.service = service
+    def __init__(self, key_service, metrics=None):
+        self.key_service = key_service
         self.metrics = metrics
 
     def _finish(self, method, started, code, uid, message=None):
@@ -68,7 +68,7 @@ class Servicer:
         started = time.perf_counter()
         self._parse("Status", raw, context, started)
         try:
-            version, healthz, key_id = self.service.status()
+            version, healthz, key_id = self.key_service.status()
         except Exception as exc:  # pylint: disable=broad-exception-caught
             return self._internal(context, "Status", started, "", exc)
         self._finish("Status", started, "OK", "")
@@ -78,8 +78,8 @@ class Servicer:
         started = time.perf_counter()
         request = self._parse("Encrypt", raw, context, started)
         try:
-            ciphertext, key_id, annotations = self.service.encrypt(request.plaintext)
-        except service_module.KmsError as exc:
+            ciphertext, key_id, annotations = self.key_service.encrypt(request.plaintext)
+        except keyservice.KmsError as exc:
             return self._refuse(context, "Encrypt", started, request.uid, exc.code, str(exc))
         except Exception as exc:  # pylint: disable=broad-exception-caught
             return self._internal(context, "Encrypt", started, request.uid, exc)
@@ -90,8 +90,8 @@ class Servicer:
         started = time.perf_counter()
         request = self._parse("Decrypt", raw, context, started)
         try:
-            plaintext = self.service.decrypt(request.ciphertext, request.key_id, request.annotations)
-        except service_module.KmsError as exc:
+            plaintext = self.key_service.decrypt(request.ciphertext, request.key_id, request.annotations)
+        except keyservice.KmsError as exc:
             return self._refuse(context, "Decrypt", started, request.uid, exc.code, str(exc))
         except Exception as exc:  # pylint: disable=broad-exception-caught
             return self._internal(context, "Decrypt", started, request.uid, exc)
@@ -111,7 +111,7 @@ def generic_handler(servicer):
         "Encrypt": grpc.unary_unary_rpc_method_handler(servicer.encrypt, response_serializer=serialize),
         "Decrypt": grpc.unary_unary_rpc_method_handler(servicer.decrypt, response_serializer=serialize),
     }
-    return grpc.method_handlers_generic_handler(proto.SERVICE, handlers)
+    return grpc.method_handlers_generic_handler(proto.GRPC_SERVICE, handlers)
 
 
 def prepare_socket_path(path):

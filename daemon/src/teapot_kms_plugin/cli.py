@@ -16,7 +16,7 @@ from . import barbican
 from . import config as config_module
 from . import keyring
 from . import logs
-from . import service as service_module
+from . import keyservice
 from . import transport
 from .client import KmsClient
 from .metrics import Metrics
@@ -60,7 +60,7 @@ class Daemon:
         self.keys = build_keys(cfg, barbican.BarbicanFetcher(cfg.barbican), self.metrics)
         self._log_key_errors(self.keys.refresh(), "at start")
         self.server = transport.start_server(
-            transport.Servicer(service_module.KeyService(self.keys), self.metrics),
+            transport.Servicer(keyservice.KeyService(self.keys), self.metrics),
             cfg.socket, workers=cfg.workers, group=cfg.socket_group)
         if cfg.metrics_listen:
             host, port = cfg.metrics_listen

@@ -109,7 +109,9 @@ class KeyRef:
         return cls(parsed, text)
 
 
-class _Slot:
+class _CacheEntry:
+    """One key in the cache: its material, when Barbican last confirmed it, and the last error."""
+
     __slots__ = ("ref", "aead", "fetched_at", "error")
 
     def __init__(self, ref):
@@ -132,8 +134,8 @@ class KeyCache:
         self._metrics = metrics
         self._clock = clock
         self._lock = threading.Lock()
-        # (refs, {key slot bytes: _Slot}) swapped as one object, so readers need no lock.
-        self._ring = (tuple(refs), {ref.slot: _Slot(ref) for ref in refs})
+        # (refs, {key slot: _CacheEntry}) swapped as one object, so readers need no lock.
+        self._ring = (tuple(refs), {ref.slot: _CacheEntry(ref) for ref in refs})
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = None
@@ -150,42 +152,42 @@ class KeyCache:
 
     def primary(self):
         """Return ``(KeyRef, AESGCM)`` of the primary key or raise KeyUnavailable."""
-        refs, slots = self._ring
-        slot = slots[refs[0].slot]
-        return slot.ref, self._usable(slot)
+        refs, entries = self._ring
+        entry = entries[refs[0].slot]
+        return entry.ref, self._usable(entry)
 
     def key(self, key_slot):
         """Return ``(KeyRef, AESGCM)`` of the keyring member whose UUID bytes are ``key_slot``.
 
         Raise UnknownKey or KeyUnavailable.
         """
-        slot = self._ring[1].get(key_slot)
-        if slot is None:
+        entry = self._ring[1].get(key_slot)
+        if entry is None:
             raise UnknownKey(f"key_id {wrapping.key_id_for_slot(key_slot)} is not in the keyring ({self._known()})")
-        return slot.ref, self._usable(slot)
+        return entry.ref, self._usable(entry)
 
     def _known(self):
         return "known: " + ", ".join(ref.key_id for ref in self._ring[0])
 
-    def _usable(self, slot):
-        aead, fetched_at = slot.aead, slot.fetched_at
+    def _usable(self, entry):
+        aead, fetched_at = entry.aead, entry.fetched_at
         if aead is None:
-            raise KeyUnavailable(f"key {slot.ref.key_id} is not loaded: {slot.error}")
+            raise KeyUnavailable(f"key {entry.ref.key_id} is not loaded: {entry.error}")
         age = self._clock() - fetched_at
         if age > self.max_stale:
-            message = (f"key {slot.ref.key_id} is stale: Barbican last confirmed it {age:.0f}s ago, "
-                       f"more than max_stale {self.max_stale:.0f}s; last error: {slot.error}")
-            slot.error = f"dropped after max_stale {self.max_stale:.0f}s; last error: {slot.error}"
-            slot.aead = None
+            message = (f"key {entry.ref.key_id} is stale: Barbican last confirmed it {age:.0f}s ago, "
+                       f"more than max_stale {self.max_stale:.0f}s; last error: {entry.error}")
+            entry.error = f"dropped after max_stale {self.max_stale:.0f}s; last error: {entry.error}"
+            entry.aead = None
             raise KeyUnavailable(message)
         return aead
 
     def status(self):
         """``(healthy, healthz text, primary key_id)`` from cached state only."""
-        refs, slots = self._ring
+        refs, entries = self._ring
         ref = refs[0]
         try:
-            self._usable(slots[ref.slot])
+            self._usable(entries[ref.slot])
         except KeyUnavailable as exc:
             return False, str(exc), ref.key_id
         return True, "ok", ref.key_id
@@ -193,30 +195,30 @@ class KeyCache:
     def ages(self):
         """``{key_id: seconds since Barbican last confirmed it}`` for loaded keys."""
         now = self._clock()
-        return {slot.ref.key_id: now - slot.fetched_at for slot in self._ring[1].values() if slot.fetched_at is not None}
+        return {entry.ref.key_id: now - entry.fetched_at for entry in self._ring[1].values() if entry.fetched_at is not None}
 
     # -- fetching ------------------------------------------------------------
 
-    def _fetch_into(self, slot):
+    def _fetch_into(self, entry):
         try:
-            aead = load_aead(self._fetch, slot.ref, self._metrics)
+            aead = load_aead(self._fetch, entry.ref, self._metrics)
         except KeyLoadFailed as exc:
-            dropped = exc.fetch_failed and slot.aead is None and slot.fetched_at is not None
-            slot.error = (f"dropped after max_stale {self.max_stale:.0f}s; " if dropped else "") + str(exc)
+            dropped = exc.fetch_failed and entry.aead is None and entry.fetched_at is not None
+            entry.error = (f"dropped after max_stale {self.max_stale:.0f}s; " if dropped else "") + str(exc)
             return str(exc)
         # fetched_at before aead: a reader that sees the key always sees its age.
-        slot.fetched_at = self._clock()
-        slot.aead = aead
-        slot.error = "none"
+        entry.fetched_at = self._clock()
+        entry.aead = aead
+        entry.error = "none"
         return None
 
     def refresh(self):
         """Fetch every key now; return ``{key_id: error}`` for those that failed."""
         errors = {}
-        for slot in list(self._ring[1].values()):
-            error = self._fetch_into(slot)
+        for entry in list(self._ring[1].values()):
+            error = self._fetch_into(entry)
             if error:
-                errors[slot.ref.key_id] = error
+                errors[entry.ref.key_id] = error
         return errors
 
     def replace(self, refs):
@@ -228,22 +230,22 @@ class KeyCache:
         if not refs:
             raise ValueError("the keyring needs at least one key")
         current = self._ring[1]
-        slots = {}
+        entries = {}
         errors = {}
         for ref in refs:
-            slot = _Slot(ref)
-            error = self._fetch_into(slot)
+            entry = _CacheEntry(ref)
+            error = self._fetch_into(entry)
             if error:
                 errors[ref.key_id] = error
                 old = current.get(ref.slot)
                 if old is not None and old.aead is not None:
-                    slot.fetched_at, slot.aead = old.fetched_at, old.aead
-            slots[ref.slot] = slot
-        primary = slots[refs[0].slot]
+                    entry.fetched_at, entry.aead = old.fetched_at, old.aead
+            entries[ref.slot] = entry
+        primary = entries[refs[0].slot]
         if primary.aead is None:
             raise KeyUnavailable(f"new primary key {refs[0].key_id} could not be loaded: {primary.error}")
         with self._lock:
-            self._ring = (tuple(refs), slots)
+            self._ring = (tuple(refs), entries)
         if errors:
             self._wake.set()
         return errors
@@ -287,7 +289,7 @@ class KeyCache:
             delay = self._next_delay(bool(errors), failures)
 
     def _failing(self):
-        return any(slot.aead is None for slot in self._ring[1].values())
+        return any(entry.aead is None for entry in self._ring[1].values())
 
     def _next_delay(self, failing, failures):
         if not failing:

@@ -23,7 +23,7 @@ import yaml
 from tests.harness.cache import cache_dir
 from tests.harness.procs import ManagedProcess
 
-SOURCE = pathlib.Path(__file__).resolve().parents[2] / "kms_plugin"
+SOURCE = pathlib.Path(__file__).resolve().parents[2] / "daemon"
 _MARKER = ".teapot-complete"
 
 

@@ -15,10 +15,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # pylint: disable=wrong-import-position
 from teapot_kms_plugin import keyring  # noqa: E402
-from teapot_kms_plugin import service  # noqa: E402
+from teapot_kms_plugin import keyservice  # noqa: E402
 from teapot_kms_plugin import transport  # noqa: E402
 from teapot_kms_plugin.client import KmsClient  # noqa: E402
-from kms_plugin_testing import DictFetcher  # noqa: E402
+from daemon_testing import DictFetcher  # noqa: E402
 
 
 @pytest.fixture
@@ -37,17 +37,17 @@ def two_keys(fetcher):
 
 @pytest.fixture
 def key_service(two_keys):
-    return service.KeyService(two_keys)
+    return keyservice.KeyService(two_keys)
 
 
 @pytest.fixture(scope="session")
-def socket_service():
+def socket_server():
     """A real gRPC server on a real unix socket, serving a loaded keyring."""
     fetch = DictFetcher()
     ref = fetch.add()
     cache = keyring.KeyCache([ref], fetch, refresh_interval=300, max_stale=3600)
     cache.refresh()
-    key_service = service.KeyService(cache)
+    key_service = keyservice.KeyService(cache)
     with tempfile.TemporaryDirectory(prefix="kms-") as tmp:
         path = os.path.join(tmp, "run", "kms.sock")
         server = transport.start_server(transport.Servicer(key_service), path, workers=4)
