@@ -66,7 +66,7 @@ class PlaybookRunner:
         )
         return env
 
-    def run(self, tasks, extra_vars=None, check=False, diff=False, gather_facts=False, timeout=600):
+    def run(self, tasks, extra_vars=None, check=False, diff=False, gather_facts=False, timeout=600, handlers=()):
         """Run ``tasks`` (a list of task dicts) in one play; ``extra_vars`` go through a 0600 file."""
         self._count += 1
         play = [{
@@ -76,6 +76,8 @@ class PlaybookRunner:
             "vars": {"ansible_python_interpreter": sys.executable},
             "tasks": tasks,
         }]
+        if handlers:
+            play[0]["handlers"] = list(handlers)
         playbook = self.workdir / f"play-{self._count}.yml"
         playbook.write_text(yaml.safe_dump(play, sort_keys=False), encoding="utf-8")
         argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)]
