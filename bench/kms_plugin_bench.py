@@ -1,6 +1,6 @@
 """Latency and throughput of the KMS plugin over its unix socket, side by side with
 a no-op gRPC server (the floor) and the plugin fetching its key from Barbican on
-every call (``cache: {mode: per_call}``, the upstream plugin's design).
+every call (bench/kms_per_call_plugin.py, the upstream plugin's design).
 
 Starts a real Keystone and Barbican (simple_crypto, sqlite) through the test
 harness, orders a KEK, then for Status, Encrypt and Decrypt runs 1 and 8
@@ -169,15 +169,14 @@ def controller(args):
         noop = ManagedProcess("noop", [python, ROOT / "bench" / "kms_noop_server.py", noop_socket], logs / "noop.log").start()
         stack.callback(noop.stop)
         sockets["noop"] = noop_socket
-        for target, mode in (("plugin", "cached"), ("per_call", "per_call")):
+        for target, command in (("plugin", None), ("per_call", [python, ROOT / "bench" / "kms_per_call_plugin.py"])):
             config = {
                 "barbican": password_barbican_section(keystone.plugin_user, tmp / target / "secrets"),
                 "keys": [href],
-                "cache": {"mode": mode},
                 "metrics": {"listen": f"127.0.0.1:{free_port()}"},
                 "log_level": "warning",
             }
-            plugin = PluginProcess(venv, tmp / target, config, name=target).start()
+            plugin = PluginProcess(venv, tmp / target, config, name=target, command=command).start()
             stack.callback(plugin.stop)
             sockets[target] = plugin.socket
         results = {}
