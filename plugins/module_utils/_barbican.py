@@ -44,6 +44,11 @@ AUTH_FIELDS = ("auth_url", "username", "user_id", "password", "user_domain_name"
                "system_scope", "trust_id", "application_credential_id", "application_credential_name",
                "application_credential_secret", "token")
 
+# A cloud given as a dict is a whole clouds.yaml entry: like openstack.cloud's
+# modules, refuse these options next to it rather than pick a winner.
+_CLOUD_DICT_EXCLUSIVE_OPTIONS = ("auth", "auth_type", "region_name", "validate_certs", "ca_cert", "client_cert",
+                                 "client_key", "api_timeout")
+
 
 def auth_argument_spec():
     """Connection options, named like openstack.cloud's.
@@ -155,12 +160,24 @@ class BarbicanModule:
                 kwargs[name] = params[option]
         return kwargs
 
+    def _refuse_options_beside_cloud_dict(self):
+        params = self.params
+        given = [name for name in _CLOUD_DICT_EXCLUSIVE_OPTIONS if params[name] is not None]
+        if params["interface"] != "public":
+            given.append("interface")
+        if given:
+            raise BarbicanError(
+                f"cloud is a dict, a whole clouds.yaml entry, and cannot be combined with {', '.join(given)}: "
+                "put those fields into the cloud dict, or give cloud as the name of a clouds.yaml entry "
+                "(the options next to a name override the entry's)")
+
     def cloud_region(self):
         if self._cloud_region is None:
             cloud = self.params["cloud"]
             kwargs = self._region_kwargs()
             try:
                 if isinstance(cloud, dict):
+                    self._refuse_options_beside_cloud_dict()
                     kwargs.update(cloud)
                     cloud = None
                 elif cloud is not None and not isinstance(cloud, str):
