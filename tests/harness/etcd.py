@@ -99,8 +99,7 @@ class EtcdServer:
         # pylint: disable-next=import-outside-toplevel
         from ansible_collections.teapot.kms.plugins.module_utils._etcd import EtcdClient
 
-        options = dict(self.client_options(), **overrides)
-        return EtcdClient(options.pop("endpoints"), **options)
+        return EtcdClient(**dict(self.client_options(), **overrides))
 
     def etcdctl_env(self):
         """Environment for ``etcdctl`` (API v3) aimed at this server."""
