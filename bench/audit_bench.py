@@ -13,6 +13,9 @@ rounds, times:
 - ``core``: the module's core as the module runs it: a fresh ``EtcdClient`` (TLS
   setup included) and ``_encryption_audit.audit()`` over every page, classifying
   each object, in this process;
+- ``grpc``: for comparison, the same pages read through etcd's gRPC API with
+  grpcio and classified by the same code (``bench/etcd_grpc_floor.py``): the
+  difference to ``core`` is the transport alone;
 - ``ansible``: ``ansible-playbook`` running one task of the module on localhost
   (the whole process: Ansible start-up, module transfer, the audit, the result);
   its ``task`` figure is the task's own duration as the callback reports it.
@@ -61,6 +64,7 @@ make_importable()
 
 from ansible_collections.teapot.kms.plugins.module_utils._encryption_audit import Expectation, audit  # noqa: E402
 from ansible_collections.teapot.kms.plugins.module_utils._kms_storage import encode_kms_v2  # noqa: E402
+from bench.etcd_grpc_floor import grpc_audit  # noqa: E402
 
 PROVIDER = "teapot"
 KEY_ID = "barbican:5e7a0c1e-3f5b-4c4e-9a55-0b0c2d1e4f60"
@@ -154,6 +158,15 @@ def time_core(server, page_size, count):
     return elapsed
 
 
+def time_grpc_floor(server, page_size, count):
+    started = time.perf_counter()
+    result = grpc_audit(server, "secrets", Expectation("kms-v2", PROVIDER, KEY_ID), page_size)
+    elapsed = time.perf_counter() - started
+    if result.total != count or result.unexpected:
+        raise RuntimeError(f"the gRPC audit read {result.total} objects, {result.unexpected} unexpected; expected {count}, 0")
+    return elapsed
+
+
 def time_ansible(server, runner, page_size, count):
     task = {"name": "audit", "teapot.kms.secret_encryption_info": {
         "etcd": server.client_options(), "expected_provider": PROVIDER, "expected_key_id": KEY_ID, "page_size": page_size}}
@@ -194,12 +207,14 @@ def main():
             print(f"  {stored_bytes / 1e6:.1f} MB in {time.perf_counter() - started:.0f}s", flush=True)
             runner = PlaybookRunner(pathlib.Path(workdir) / "ansible")
             meter = CpuMeter(server)
-            figures = {name: {"wall": [], "client_cpu": [], "etcd_cpu": []} for name in ("etcdctl", "core", "ansible")}
+            figures = {name: {"wall": [], "client_cpu": [], "etcd_cpu": []} for name in ("etcdctl", "core", "grpc", "ansible")}
             task_seconds = []
             # One untimed pass of each warms etcd's and the OS's caches alike.
             time_etcdctl(server)
             time_core(server, args.page_size, args.objects)
-            runs = [("etcdctl", time_etcdctl, (server,)), ("core", time_core, (server, args.page_size, args.objects))]
+            time_grpc_floor(server, args.page_size, args.objects)
+            runs = [("etcdctl", time_etcdctl, (server,)), ("core", time_core, (server, args.page_size, args.objects)),
+                    ("grpc", time_grpc_floor, (server, args.page_size, args.objects))]
             if not args.no_ansible:
                 runs.append(("ansible", time_ansible, (server, runner, args.page_size, args.objects)))
             for round_number in range(args.rounds):
@@ -227,6 +242,7 @@ def main():
     labels = {
         "etcdctl": f"`etcdctl get --prefix /registry/secrets/` ({dump_size / 1e6:.1f} MB of output), whole process",
         "core": f"module core: EtcdClient + audit(), page_size {args.page_size}, in this process",
+        "grpc": "comparison: the same classification over etcd's gRPC API (grpcio; bench/etcd_grpc_floor.py)",
         "ansible": "ansible-playbook running one module task, whole process",
     }
     lines = [
