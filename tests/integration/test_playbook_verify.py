@@ -11,7 +11,7 @@ import pytest
 
 from tests.harness import etcd_fixtures
 from tests.harness.collection import make_importable
-from tests.harness.kms_plugin import PluginProcess, order_kek, password_barbican_section, plugin_venv
+from tests.harness.plugin_daemon import PluginProcess, order_kek, password_barbican_section, plugin_venv
 from tests.harness.playbook import PlaybookRunner
 
 make_importable()
