@@ -1,0 +1,310 @@
+"""The kube-apiserver STAND-IN against real etcd and the real KMS plugin (real Keystone and Barbican).
+
+What it writes must be what kube-apiserver writes: every value is classified
+by the collection's own parser (``_kms_storage.parse_stored_value``) and
+opened again by the stand-in's read path talking to the real plugin; the
+semantics the collection relies on (no write for an unchanged update of a
+current object, a rewrite for a stale one, 409 on a stale resourceVersion,
+paging, health, the key_id metrics) are checked from outside, through etcd,
+HTTPS and the kubernetes Python client.
+"""
+
+import base64
+import json
+import subprocess
+import time
+
+import kubernetes.client
+import pytest
+import yaml
+
+from tests.harness.kms_plugin import PluginProcess, order_kek, password_barbican_section, plugin_venv
+from tests.harness.procs import free_port
+from tests.harness.standin.collection import module_util
+from tests.harness.standin.encryption import EncryptionController, KmsTimings
+from tests.harness.standin.metrics import StandinMetrics, id_hash
+from tests.harness.standin.process import StandinProcess
+
+storage = module_util("_kms_storage")
+
+pytestmark = pytest.mark.slow
+
+KMS_NAME = "teapot"
+
+
+def encryption_config(path, providers, resources=("secrets", "configmaps")):
+    """Write an EncryptionConfiguration with ``providers`` (a list of provider dicts) for ``resources``."""
+    document = {"apiVersion": "apiserver.config.k8s.io/v1", "kind": "EncryptionConfiguration",
+                "resources": [{"resources": list(resources), "providers": providers}]}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(document), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def kms_v2(socket, name=KMS_NAME):
+    return {"kms": {"apiVersion": "v2", "name": name, "endpoint": f"unix://{socket}", "timeout": "5s"}}
+
+
+def etcdctl(etcd, *args):
+    return subprocess.run(["etcdctl", *args], env=etcd.etcdctl_env(), capture_output=True, check=True).stdout
+
+
+def etcd_value(etcd, key):
+    """``(value, mod_revision)`` of ``key`` read with etcdctl, independently of the stand-in."""
+    out = json.loads(etcdctl(etcd, "get", key, "-w", "json"))
+    kvs = out.get("kvs") or []
+    if not kvs:
+        return None, 0
+    return base64.b64decode(kvs[0]["value"]), int(kvs[0]["mod_revision"])
+
+
+def etcd_revision(etcd):
+    return int(json.loads(etcdctl(etcd, "get", "/", "--prefix", "--keys-only", "--limit=1", "-w", "json"))["header"]["revision"])
+
+
+def plugin_calls(plugin, method):
+    total = 0.0
+    for line in plugin.metrics_text().splitlines():
+        if line.startswith("teapot_kms_rpc_duration_seconds_count{") and f'method="{method}"' in line and 'code="OK"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def open_with_standin_code(value, etcd_key, socket, metrics=None):
+    """Open a stored value with the stand-in's read path (its chain and KMS provider) against ``socket``: the same decryption code."""
+    metrics = metrics or StandinMetrics("test-reader")
+    path = None
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        import pathlib  # pylint: disable=import-outside-toplevel
+
+        path = encryption_config(pathlib.Path(tmp) / "enc.yaml", [kms_v2(socket), {"identity": {}}])
+        controller = EncryptionController(str(path), metrics, KmsTimings(poll_interval=3600)).start()
+        try:
+            plaintext, _stale, stored = controller.chain_for("", "secrets").read(value, etcd_key)
+        finally:
+            controller.close()
+    return plaintext, stored
+
+
+@pytest.fixture(scope="module")
+def kms_venv():
+    return plugin_venv()
+
+
+@pytest.fixture(scope="module")
+def keks(keystone, barbican):
+    """Two KEKs ordered in the real Barbican: the plugin's primary and the next one."""
+    return [order_kek(barbican, keystone.plugin_user, f"standin-kek-{index}-{time.time_ns()}") for index in (1, 2)]
+
+
+@pytest.fixture
+def real_plugin(kms_venv, keystone, keks, tmp_path):
+    """The real KMS plugin daemon, primary key ``keks[0]``."""
+    section = password_barbican_section(keystone.plugin_user, tmp_path / "plugin-secrets", region_name=keystone.region_name)
+    plugin = PluginProcess(kms_venv, tmp_path / "plugin", {"barbican": section, "keys": [keks[0]],
+                                                           "metrics": {"listen": f"127.0.0.1:{free_port()}"}, "log_level": "info"})
+    plugin.start()
+    yield plugin
+    plugin.stop()
+    print(f"--- {plugin.log_path} ---\n{plugin.log_tail(40)}")
+
+
+@pytest.fixture
+def standin_factory(etcd, tmp_path):
+    """``make(encryption_config_path, **options)`` -> a started StandinProcess (1 s KMS poll and health cache)."""
+    started = []
+
+    def make(config, start=True, **options):
+        # Each test its own etcd prefix: the etcd server is shared by the session.
+        options.setdefault("etcd_prefix", f"/{tmp_path.name}-{len(started)}")
+        options.setdefault("kms_poll_interval", 1)
+        options.setdefault("kms_healthz_ttl", 1)
+        standin = StandinProcess(tmp_path / f"standin-{len(started)}", etcd.endpoints, config, **options)
+        started.append(standin)
+        if start:
+            standin.start()
+        return standin
+
+    yield make
+    for standin in started:
+        standin.stop()
+        print(f"--- {standin.log_path} ---\n{standin.log_tail(60)}")
+
+
+def core(standin):
+    return kubernetes.client.CoreV1Api(standin.api_client())
+
+
+def new_secret(name, namespace="default", **data):
+    return kubernetes.client.V1Secret(metadata=kubernetes.client.V1ObjectMeta(name=name, namespace=namespace),
+                                      string_data=data or {"token": f"value-of-{name}"})
+
+
+def test_writes_kms_v2_through_the_real_plugin(real_plugin, standin_factory, etcd, tmp_path):
+    config = encryption_config(tmp_path / "enc.yaml", [kms_v2(real_plugin.socket), {"identity": {}}])
+    standin = standin_factory(config)
+    standin.wait_health("/readyz")
+    key_id = real_plugin.status_command()[1]["key_id"]
+    api = core(standin)
+
+    names = [f"kms-{index}" for index in range(3)]
+    for name in names:
+        api.create_namespaced_secret("default", new_secret(name, marker=f"MARKER-{name}"))
+    api.create_namespaced_config_map("default", kubernetes.client.V1ConfigMap(
+        metadata=kubernetes.client.V1ObjectMeta(name="kms-cm"), data={"marker": "MARKER-kms-cm"}))
+    # One seed for the stand-in's whole life: one Encrypt at start however many writes; reads of its own writes make no Decrypt.
+    assert plugin_calls(real_plugin, "Encrypt") == 1
+    decrypts = plugin_calls(real_plugin, "Decrypt")
+    read = api.read_namespaced_secret(names[0], "default")
+    assert read.data["marker"] == "TUFSS0VSLWttcy0w"  # base64 of MARKER-kms-0
+    assert [item.metadata.name for item in api.list_namespaced_secret("default").items] == sorted(names)
+    assert plugin_calls(real_plugin, "Decrypt") == decrypts == 0
+
+    for name in names:
+        key = f"{standin.etcd_prefix}/secrets/default/{name}"
+        value, _revision = etcd_value(etcd, key)
+        stored = storage.parse_stored_value(value)
+        assert (stored.provider_type, stored.provider_name, stored.key_id, stored.dek_source_type) == ("kms-v2", KMS_NAME, key_id, 1)
+        assert dict(stored.annotations) == {"format.kms.teapot.dev": b"1"}
+        assert value.startswith(f"k8s:enc:kms:v2:{KMS_NAME}:".encode()) and b"MARKER" not in value
+        # Byte-exact: the collection's encoder rebuilds the very value from the parsed fields.
+        assert storage.encode_kms_v2(KMS_NAME, stored.ciphertext, stored.key_id, stored.encrypted_dek, stored.annotations) == value
+        plaintext, _stored = open_with_standin_code(value, key, real_plugin.socket)
+        obj = json.loads(plaintext)
+        assert (obj["kind"], obj["metadata"]["name"]) == ("Secret", name)
+        assert "resourceVersion" not in obj["metadata"]
+        # Another etcd key as additional data does not open it.
+        with pytest.raises(Exception, match="authenticate"):
+            open_with_standin_code(value, key + "-moved", real_plugin.socket)
+    cm_value, _revision = etcd_value(etcd, f"{standin.etcd_prefix}/configmaps/default/kms-cm")
+    assert storage.parse_stored_value(cm_value).provider_type == "kms-v2"
+
+    # The metrics say which key_id wrote and read, hashed as upstream does.
+    samples = standin.metric_samples("apiserver_envelope_encryption_key_id_hash_total")
+    by_type = {labels["transformation_type"]: value for labels, value in samples
+               if labels["provider_name"] == KMS_NAME and labels["key_id_hash"] == id_hash(key_id)}
+    assert by_type["to_storage"] == 4
+    assert by_type["from_storage"] >= 4
+
+
+def test_unchanged_update_writes_nothing_and_stale_resource_version_conflicts(real_plugin, standin_factory, etcd, tmp_path):
+    config = encryption_config(tmp_path / "enc.yaml", [kms_v2(real_plugin.socket), {"identity": {}}])
+    standin = standin_factory(config)
+    api = core(standin)
+    created = api.create_namespaced_secret("default", new_secret("steady"))
+    before_value, before_revision = etcd_value(etcd, f"{standin.etcd_prefix}/secrets/default/steady")
+    assert created.metadata.resource_version == str(before_revision)
+    revision = etcd_revision(etcd)
+
+    current = api.read_namespaced_secret("steady", "default")
+    replaced = api.replace_namespaced_secret("steady", "default", current)
+    assert replaced.metadata.resource_version == str(before_revision)
+    assert etcd_value(etcd, f"{standin.etcd_prefix}/secrets/default/steady") == (before_value, before_revision)
+    assert etcd_revision(etcd) == revision
+
+    current.string_data = {"token": "changed"}
+    changed = api.replace_namespaced_secret("steady", "default", current)
+    assert int(changed.metadata.resource_version) > before_revision
+
+    # The resourceVersion read before that change is stale now.
+    current.string_data = {"token": "lost update"}
+    with pytest.raises(kubernetes.client.ApiException) as conflict:
+        api.replace_namespaced_secret("steady", "default", current)
+    assert conflict.value.status == 409
+    body = json.loads(conflict.value.body)
+    assert (body["kind"], body["reason"], body["code"]) == ("Status", "Conflict", 409)
+    assert api.read_namespaced_secret("steady", "default").data["token"] == "Y2hhbmdlZA=="
+
+
+def test_stale_objects_are_rewritten_by_an_unchanged_update(real_plugin, standin_factory, etcd, tmp_path):
+    """identity -> aescbc -> kms v2 (first key_id) -> kms v2 (second key_id): each unchanged update moves the object to the first provider."""
+    config = tmp_path / "enc.yaml"
+    aescbc = {"aescbc": {"keys": [{"name": "key1", "secret": base64.b64encode(bytes(range(32))).decode()}]}}
+    encryption_config(config, [{"identity": {}}])
+    standin = standin_factory(config)
+    api = core(standin)
+    api.create_namespaced_secret("default", new_secret("plain"))
+    value, _revision = etcd_value(etcd, f"{standin.etcd_prefix}/secrets/default/plain")
+    assert storage.parse_stored_value(value).provider_type == "identity"
+
+    def rewrite_and_classify():
+        before = etcd_value(etcd, f"{standin.etcd_prefix}/secrets/default/plain")
+        api.replace_namespaced_secret("plain", "default", api.read_namespaced_secret("plain", "default"))
+        after = etcd_value(etcd, f"{standin.etcd_prefix}/secrets/default/plain")
+        assert after[1] > before[1], "a stale object must be written again"
+        return storage.parse_stored_value(after[0])
+
+    encryption_config(config, [aescbc, {"identity": {}}])
+    _wait_for_reload(standin, 1)
+    assert rewrite_and_classify()[:2] == ("aescbc", "key1")
+
+    encryption_config(config, [kms_v2(real_plugin.socket), aescbc, {"identity": {}}])
+    _wait_for_reload(standin, 2)
+    stored = rewrite_and_classify()
+    first_key_id = real_plugin.status_command()[1]["key_id"]
+    assert (stored.provider_type, stored.key_id) == ("kms-v2", first_key_id)
+
+    # Current now: an unchanged update writes nothing.
+    before = etcd_value(etcd, f"{standin.etcd_prefix}/secrets/default/plain")
+    api.replace_namespaced_secret("plain", "default", api.read_namespaced_secret("plain", "default"))
+    assert etcd_value(etcd, f"{standin.etcd_prefix}/secrets/default/plain") == before
+
+
+def _wait_for_reload(standin, count, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        samples = standin.metric_samples("apiserver_encryption_config_controller_automatic_reloads_total")
+        if sum(value for labels, value in samples if labels["status"] == "success") >= count:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"no {count} successful reloads within {timeout}s; log:\n{standin.log_tail()}")
+
+
+def test_paged_lists(real_plugin, standin_factory, tmp_path):
+    config = encryption_config(tmp_path / "enc.yaml", [kms_v2(real_plugin.socket), {"identity": {}}])
+    standin = standin_factory(config)
+    api = core(standin)
+    expected = []
+    for namespace in ("paging-a", "paging-b"):
+        for index in range(4):
+            api.create_namespaced_secret(namespace, new_secret(f"s{index}", namespace))
+            expected.append((namespace, f"s{index}"))
+
+    seen, token, pages = [], None, 0
+    while True:
+        page = api.list_secret_for_all_namespaces(limit=3, _continue=token)
+        pages += 1
+        seen.extend((item.metadata.namespace, item.metadata.name) for item in page.items)
+        token = page.metadata._continue  # pylint: disable=protected-access
+        if not token:
+            break
+        assert page.metadata.remaining_item_count == len(expected) - len(seen)
+        # A write between pages does not show up: the list is read at one revision.
+        if pages == 1:
+            api.create_namespaced_secret("paging-a", new_secret("s9-late", "paging-a"))
+    assert seen == [item for item in expected]
+    assert pages == 3
+    in_namespace = api.list_namespaced_secret("paging-b", limit=2)
+    assert [item.metadata.name for item in in_namespace.items] == ["s0", "s1"]
+    assert in_namespace.metadata.remaining_item_count == 2
+    status, body = standin.json("GET", "/api/v1/secrets?limit=2&continue=not-a-token")
+    assert status == 400 and body["reason"] == "BadRequest"
+
+
+def test_health_follows_the_plugin(real_plugin, standin_factory, tmp_path):
+    config = encryption_config(tmp_path / "enc.yaml", [kms_v2(real_plugin.socket), {"identity": {}}])
+    standin = standin_factory(config)
+    assert standin.wait_health("/healthz/kms-providers") == "ok"
+    real_plugin.stop()
+    body = standin.wait_health("/healthz/kms-providers", ok=False)
+    assert "failed to perform status section of the healthz check" in body
+    assert "[-]kms-providers failed" in standin.wait_health("/readyz", ok=False)
+    assert standin.health("/livez")[0] == 200
+    # Reads and writes go on with the cached seed while the plugin is away (writes for 3 minutes upstream).
+    api = core(standin)
+    api.create_namespaced_secret("default", new_secret("while-down"))
+    real_plugin.start()
+    assert standin.wait_health("/healthz/kms-providers") == "ok"
