@@ -1,21 +1,13 @@
 """Make this tree importable as ``ansible_collections.teapot.kms`` and run modules in-process."""
 
 import json
-import sys
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
 
-from tests.harness.cache import cache_dir
-from tests.harness.playbook import REPO
+from tests.harness.collection import make_importable
 
-_ROOT = cache_dir("unit-collections")
-_LINK = _ROOT / "ansible_collections" / "teapot" / "kms"
-_LINK.parent.mkdir(parents=True, exist_ok=True)
-if not _LINK.is_symlink():
-    _LINK.symlink_to(REPO)
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+make_importable()
 
 
 @pytest.fixture
