@@ -11,19 +11,30 @@ HTTPS and the kubernetes Python client.
 
 import base64
 import json
+import os
 import subprocess
 import time
+from concurrent import futures
 
+import grpc
 import kubernetes.client
 import pytest
 import yaml
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tests.harness.kms_plugin import PluginProcess, order_kek, password_barbican_section, plugin_venv
+from tests.harness.etcd import EtcdServer
+from tests.harness.etcd_fixtures import load_fixtures
+
+from tests.harness.plugin_daemon import PluginProcess, order_kek, password_barbican_section, plugin_venv
 from tests.harness.procs import free_port
+from tests.harness.standin import kmsapi
 from tests.harness.standin.collection import module_util
 from tests.harness.standin.encryption import EncryptionController, KmsTimings
+from tests.harness.standin.etcdkv import EtcdKV
 from tests.harness.standin.metrics import StandinMetrics, id_hash
 from tests.harness.standin.process import StandinProcess
+
+from teapot_kms_plugin import transport  # noqa: E402  pylint: disable=wrong-import-order,wrong-import-position  (path set by kmsapi)
 
 storage = module_util("_kms_storage")
 
@@ -308,3 +319,143 @@ def test_health_follows_the_plugin(real_plugin, standin_factory, tmp_path):
     api.create_namespaced_secret("default", new_secret("while-down"))
     real_plugin.start()
     assert standin.wait_health("/healthz/kms-providers") == "ok"
+
+
+# ---------------------------------------------------------------- values a real kube-apiserver wrote
+
+
+class FixtureKeyService:
+    """The capture's TEST plugin, rebuilt from the fixtures README: AES-256-GCM under fixed, published KEKs.
+
+    It stands in for the plugin that served the real kube-apiserver when the
+    fixtures were captured (so that the stand-in can be shown to open what a
+    real apiserver wrote); it is served by the daemon's own gRPC transport.
+    """
+
+    KEKS = {"fixture-kek-1": b"\x11" * 32, "fixture-kek-2": b"\x22" * 32}
+    ANNOTATIONS = {"version.fixture.example.com": b"1"}
+
+    def __init__(self, key_id="fixture-kek-2"):
+        self.key_id = key_id
+        self.calls = {"Status": 0, "Encrypt": 0, "Decrypt": 0}
+
+    def status(self):
+        self.calls["Status"] += 1
+        return "v2", "ok", self.key_id
+
+    def encrypt(self, plaintext):
+        self.calls["Encrypt"] += 1
+        nonce = os.urandom(12)
+        annotations = dict(self.ANNOTATIONS, **{"kek.fixture.example.com": self.key_id.encode()})
+        return nonce + AESGCM(self.KEKS[self.key_id]).encrypt(nonce, plaintext, None), self.key_id, annotations
+
+    def decrypt(self, ciphertext, key_id, annotations):  # pylint: disable=unused-argument
+        self.calls["Decrypt"] += 1
+        return AESGCM(self.KEKS[key_id]).decrypt(ciphertext[:12], ciphertext[12:], None)
+
+
+def serve_fixture_kms_v1(path, kek=b"\x33" * 32):
+    """The capture's KMS v1 TEST plugin (``v1beta1``): AES-256-GCM under the published v1 KEK."""
+    def version(request, context):  # pylint: disable=unused-argument
+        return kmsapi.V1["VersionResponse"](version="v1beta1", runtime_name="fixture-test-plugin", runtime_version="0")
+
+    def encrypt(request, context):  # pylint: disable=unused-argument
+        nonce = os.urandom(12)
+        return kmsapi.V1["EncryptResponse"](cipher=nonce + AESGCM(kek).encrypt(nonce, request.plain, None))
+
+    def decrypt(request, context):  # pylint: disable=unused-argument
+        return kmsapi.V1["DecryptResponse"](plain=AESGCM(kek).decrypt(request.cipher[:12], request.cipher[12:], None))
+
+    handlers = {name: grpc.unary_unary_rpc_method_handler(function, request_deserializer=kmsapi.V1_METHODS[name][0].FromString,
+                                                          response_serializer=lambda message: message.SerializeToString())
+                for name, function in (("Version", version), ("Encrypt", encrypt), ("Decrypt", decrypt))}
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(kmsapi.V1_SERVICE, handlers),))
+    server.add_insecure_port(f"unix:{path}")
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def fixture_etcd(tmp_path_factory, harness_log_dir):
+    """An etcd of its own: the fixtures live at their original keys (/registry/...), which are their additional data."""
+    server = EtcdServer(tmp_path_factory.mktemp("fixture-etcd"), harness_log_dir, name="fixtures")
+    server.start()
+    for fixture in load_fixtures():
+        EtcdKV(server.endpoints).put(fixture["etcd_key"], fixture["value"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fixture_plugins(tmp_path):
+    keys = FixtureKeyService()
+    v2_socket, v1_socket = tmp_path / "kms" / "fixture-v2.sock", tmp_path / "kms" / "fixture-v1.sock"
+    v2_server = transport.start_server(transport.Servicer(keys), str(v2_socket), workers=2)
+    v1_server = serve_fixture_kms_v1(str(v1_socket))
+    yield keys, v2_socket, v1_socket
+    v2_server.stop(0)
+    v1_server.stop(0)
+
+
+def fixture_providers(fixtures, v2_socket, v1_socket):
+    """Every provider the fixtures were written with, KMS v2 first, as the capture's configuration had them."""
+    def key_of(provider_type):
+        (fixture,) = [item for item in fixtures if item["provider_type"] == provider_type]
+        return {"keys": [{"name": fixture["provider_name"], "secret": fixture["provider_key_b64"]}]}
+
+    return [kms_v2(v2_socket, "fixturekms"),
+            {"kms": {"apiVersion": "v1", "name": "fixturekmsv1", "endpoint": f"unix://{v1_socket}", "cachesize": 10}},
+            {"aescbc": key_of("aescbc")}, {"aesgcm": key_of("aesgcm")}, {"secretbox": key_of("secretbox")}, {"identity": {}}]
+
+
+def test_reads_every_object_a_real_kube_apiserver_wrote(fixture_etcd, fixture_plugins, tmp_path):
+    keys, v2_socket, v1_socket = fixture_plugins
+    fixtures = load_fixtures()
+    assert {fixture["provider_type"] for fixture in fixtures} == set(storage.PROVIDER_TYPES)
+    config = encryption_config(tmp_path / "enc.yaml", fixture_providers(fixtures, v2_socket, v1_socket))
+    standin = StandinProcess(tmp_path / "standin", fixture_etcd.endpoints, config, kms_poll_interval=1, kms_healthz_ttl=1,
+                             extra_flags=["--feature-gates=KMSv1=true"])
+    standin.start()
+    try:
+        standin.wait_health("/readyz")
+        api = core(standin)
+        for fixture in fixtures:
+            read = (api.read_namespaced_secret if fixture["resource"] == "secrets" else api.read_namespaced_config_map)(
+                fixture["name"], fixture["namespace"])
+            values = {key: base64.b64decode(value).decode() for key, value in (read.data or {}).items()} \
+                if fixture["resource"] == "secrets" else dict(read.data or {})
+            assert fixture["plaintext_marker"] in values.values(), fixture["file"]
+            value, revision = etcd_value(fixture_etcd, fixture["etcd_key"])
+            assert read.metadata.resource_version == str(revision)
+            stored = storage.parse_stored_value(value)
+            assert (stored.provider_type, stored.provider_name or "identity") == (fixture["provider_type"], fixture["provider_name"])
+        # One Decrypt per distinct stored seed (fixture-kek-1 wrote two objects with one seed), cached afterwards.
+        assert keys.calls["Decrypt"] == 2
+        listed = api.list_secret_for_all_namespaces()
+        assert sorted(item.metadata.name for item in listed.items) == sorted(
+            fixture["name"] for fixture in fixtures if fixture["resource"] == "secrets")
+        assert keys.calls["Decrypt"] == 2
+
+        # Current (kms v2 first, key_id fixture-kek-2): an unchanged update writes nothing, even for a protobuf-stored object.
+        current = api.read_namespaced_secret("kmsv2-kek2-secret-d", "default")
+        before = etcd_value(fixture_etcd, "/registry/secrets/default/kmsv2-kek2-secret-d")
+        api.replace_namespaced_secret("kmsv2-kek2-secret-d", "default", current)
+        assert etcd_value(fixture_etcd, "/registry/secrets/default/kmsv2-kek2-secret-d") == before
+        # Stale (every other provider, and the older key_id): rewritten under KMS v2 with the current key_id.
+        for fixture in fixtures:
+            if fixture["name"] == "kmsv2-kek2-secret-d" or fixture["resource"] != "secrets":
+                continue
+            _value, old_revision = etcd_value(fixture_etcd, fixture["etcd_key"])
+            api.replace_namespaced_secret(fixture["name"], "default", api.read_namespaced_secret(fixture["name"], "default"))
+            value, revision = etcd_value(fixture_etcd, fixture["etcd_key"])
+            assert revision > old_revision, f"{fixture['file']} is stale and must be written again"
+            stored = storage.parse_stored_value(value)
+            assert (stored.provider_type, stored.provider_name, stored.key_id) == ("kms-v2", "fixturekms", "fixture-kek-2"), fixture["file"]
+            assert dict(stored.annotations) == {"version.fixture.example.com": b"1", "kek.fixture.example.com": b"fixture-kek-2"}
+            again = api.read_namespaced_secret(fixture["name"], "default")
+            assert fixture["plaintext_marker"] in {base64.b64decode(v).decode() for v in again.data.values()}
+        assert keys.calls["Encrypt"] == 1
+    finally:
+        standin.stop()
+        print(f"--- {standin.log_path} ---\n{standin.log_tail(60)}")

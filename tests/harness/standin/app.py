@@ -9,10 +9,9 @@ import uuid
 from tests.harness.standin import encryption as encryption_module
 from tests.harness.standin.api import Api
 from tests.harness.standin.encryption import ConfigError, EncryptionController, KmsTimings
-from tests.harness.standin.etcdkv import EtcdKV
+from tests.harness.standin.etcdkv import EtcdError, EtcdKV
 from tests.harness.standin.flags import StartupError
 from tests.harness.standin.metrics import StandinMetrics
-from tests.harness.standin.pki import ThrowawayCA
 from tests.harness.standin.server import HTTPSServer, ServingThread, load_token_file, tls_context
 from tests.harness.standin.store import BUILTIN_RESOURCES, ObjectStore, parse_custom_resource
 
@@ -64,8 +63,11 @@ class KubeApiserverStandin:
         cert_dir = pathlib.Path(self.args.cert_dir)
         cert_path, key_path = cert_dir / "apiserver.crt", cert_dir / "apiserver.key"
         if not (cert_path.exists() and key_path.exists()):
-            ca = ThrowawayCA(cert_dir / "standin-ca", "kube-apiserver-standin-self-signed-ca")
-            cert_path, key_path = ca.issue("apiserver", "kube-apiserver", ["localhost", "127.0.0.1", socket.gethostname()])
+            from tests.harness.pki import TestCA  # pylint: disable=import-outside-toplevel
+
+            ca = TestCA(cert_dir, "kube-apiserver-standin-ca")
+            cert_path, key_path = ca.issue("apiserver", "kube-apiserver", ips=["127.0.0.1"],
+                                           dns_names=["localhost", socket.gethostname()], server=True)
         return str(cert_path), str(key_path)
 
     def start(self):
@@ -88,7 +90,7 @@ class KubeApiserverStandin:
                 self.encryption = _NoEncryption(args.encryption_provider_config_automatic_reload)
             self.store = ObjectStore(self.etcd, self.encryption, resources, args.etcd_prefix)
             server = HTTPSServer((args.bind_address, args.secure_port), self, context)
-        except (ConfigError, ValueError, OSError) as exc:
+        except (ConfigError, EtcdError, ValueError, OSError) as exc:
             self.stop()
             if isinstance(exc, StartupError):
                 raise

@@ -18,7 +18,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf import message_factory
 
 # The daemon's sources in this repository (used when the package is not installed).
-DAEMON_SOURCE = pathlib.Path(__file__).resolve().parents[3] / "kms_plugin" / "src"
+DAEMON_SOURCE = pathlib.Path(__file__).resolve().parents[3] / "daemon" / "src"
 
 
 def _daemon_module(name):

@@ -27,7 +27,7 @@ import yaml
 
 from tests.harness.procs import ManagedProcess, free_port, wait_for_port
 from tests.harness.standin.collection import REPO
-from tests.harness.standin.pki import ThrowawayCA
+from tests.harness.pki import TestCA
 
 
 def write_static_pod_manifest(path, flags, host_paths, image="registry.k8s.io/kube-apiserver:v1.32.0"):
@@ -70,8 +70,9 @@ class StandinProcess:
         self.name = name
         self.log_path = pathlib.Path(log_path) if log_path else self.base_dir / f"{name}.log"
         self.python = python
-        self.pki = ThrowawayCA(self.base_dir / "pki")
-        self.cert_file, self.key_file = self.pki.issue("apiserver", "kube-apiserver", ["127.0.0.1", "localhost"])
+        self.pki = TestCA(self.base_dir / "pki", "kube-apiserver-standin-ca")
+        self.cert_file, self.key_file = self.pki.issue("apiserver", "kube-apiserver", ips=["127.0.0.1"], dns_names=["localhost"],
+                                                       server=True)
         self.token = secrets.token_urlsafe(24)
         self.token_file = self.base_dir / "tokens.csv"
         fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -127,6 +127,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             LOG.info("%s %s -> %s (%s)", self.command, path, error.code, user or "anonymous")
             self._error(error)
             return
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            # etcd unreachable, or a bug: kube-apiserver answers 500 and goes on serving.
+            LOG.error("%s %s failed: %s: %s", self.command, path, type(exc).__name__, exc)
+            self._error(ApiError(500, "InternalError", f"Internal error occurred: {type(exc).__name__}: {exc}"))
+            return
         quiet = path == "/metrics" or path.split("/")[1] in ("healthz", "livez", "readyz")
         LOG.log(logging.DEBUG if quiet else logging.INFO, "%s %s -> %s (%s)", self.command, path, code, user or "anonymous")
         self._send(code, body, content_type)

@@ -26,7 +26,7 @@ from typing import NamedTuple
 from tests.harness.standin import k8s_protobuf
 from tests.harness.standin.collection import module_util
 from tests.harness.standin.encryption import TransformError, parse_group_resource
-from tests.harness.standin.etcdkv import EtcdCompacted, prefix_end
+from tests.harness.standin.etcdkv import EtcdError, is_compacted, prefix_end
 
 storage = module_util("_kms_storage")
 
@@ -227,8 +227,10 @@ class ObjectStore:
         items, next_key, remaining = [], None, None
         while True:
             try:
-                kvs, more, count, header_revision = self.etcd.range(start, end, limit=limit if limit else 0, revision=revision)
-            except EtcdCompacted:
+                kvs, more, count, header_revision = self.etcd.range(start, end, limit=limit, revision=revision)
+            except EtcdError as exc:
+                if not is_compacted(exc):
+                    raise
                 raise ApiError(410, "Expired", "The provided continue parameter is too old to display a consistent list result. "
                                "You can start a new list without the continue parameter.") from None
             revision = revision or header_revision
@@ -273,7 +275,7 @@ class ObjectStore:
 
     def _write(self, resource, key, obj, mod_revision):
         value = self._chain(resource).write(encode(obj), key)
-        new_revision = self.etcd.put_if(key, value, mod_revision)
+        new_revision = self.etcd.put_revision(key, value, mod_revision)
         if new_revision is not None:
             self.writes += 1
         return new_revision
@@ -311,7 +313,7 @@ class ObjectStore:
         found = self.etcd.get(key)
         if found is None:
             raise _not_found(resource, name)
-        current, plaintext, stale, _stored = self.read_value(resource, key, found[0])
+        current, _plaintext, stale, _stored = self.read_value(resource, key, found[0])
         if wanted_revision and str(wanted_revision) != str(found[1]):
             raise _conflict(resource, name)
         current_meta = current.get("metadata") or {}
@@ -326,7 +328,9 @@ class ObjectStore:
         if not resource.builtin and {k: v for k, v in obj.items() if k not in ("metadata", "status")} != \
                 {k: v for k, v in current.items() if k not in ("metadata", "status")}:
             meta["generation"] = int(current_meta.get("generation") or 0) + 1
-        if not stale and encode(obj) == plaintext:
+        # kube-apiserver compares the new encoding with the stored one; the stand-in encodes JSON where a real
+        # apiserver may have stored protobuf, so it compares the decoded objects' canonical encodings.
+        if not stale and encode(obj) == encode(current):
             return self._present(resource, current, found[1])
         try:
             revision = self._write(resource, key, obj, found[1])
