@@ -459,3 +459,224 @@ def test_reads_every_object_a_real_kube_apiserver_wrote(fixture_etcd, fixture_pl
     finally:
         standin.stop()
         print(f"--- {standin.log_path} ---\n{standin.log_tail(60)}")
+
+
+def test_key_rotation_by_sighup_reaches_storage_and_metrics(real_plugin, keks, standin_factory, etcd, tmp_path):
+    config = encryption_config(tmp_path / "enc.yaml", [kms_v2(real_plugin.socket), {"identity": {}}])
+    standin = standin_factory(config)
+    api = core(standin)
+    first = real_plugin.status_command()[1]["key_id"]
+    api.create_namespaced_secret("default", new_secret("before-rotation"))
+
+    real_plugin.write_config(keys=[keks[1], keks[0]])
+    real_plugin.reload()
+    deadline = time.monotonic() + 60
+    while real_plugin.status_command()[1]["key_id"] == first:
+        assert time.monotonic() < deadline, "the plugin did not switch keys on SIGHUP"
+        time.sleep(0.2)
+    second = real_plugin.status_command()[1]["key_id"]
+
+    def status_hashes():
+        return {labels["key_id_hash"] for labels, _value in
+                standin.metric_samples("apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds")}
+
+    deadline = time.monotonic() + 60
+    while id_hash(second) not in status_hashes():
+        assert time.monotonic() < deadline, f"the stand-in did not see the new key_id; log:\n{standin.log_tail()}"
+        time.sleep(0.2)
+    assert id_hash(first) in status_hashes()
+    # A new seed for the new key_id: the second Encrypt of the stand-in's life.
+    deadline = time.monotonic() + 30
+    while plugin_calls(real_plugin, "Encrypt") < 2:
+        assert time.monotonic() < deadline, "no Encrypt for the new key_id"
+        time.sleep(0.2)
+
+    api.create_namespaced_secret("default", new_secret("after-rotation"))
+    after, _revision = etcd_value(etcd, f"{standin.etcd_prefix}/secrets/default/after-rotation")
+    assert storage.parse_stored_value(after).key_id == second
+    written = {labels["key_id_hash"]: value for labels, value in standin.metric_samples("apiserver_envelope_encryption_key_id_hash_total")
+               if labels["transformation_type"] == "to_storage"}
+    assert written == {id_hash(first): 1, id_hash(second): 1}
+
+    # The object written under the old key_id is stale: an unchanged update moves it to the new one.
+    key = f"{standin.etcd_prefix}/secrets/default/before-rotation"
+    old_value, old_revision = etcd_value(etcd, key)
+    assert storage.parse_stored_value(old_value).key_id == first
+    api.replace_namespaced_secret("before-rotation", "default", api.read_namespaced_secret("before-rotation", "default"))
+    new_value, new_revision = etcd_value(etcd, key)
+    assert new_revision > old_revision and storage.parse_stored_value(new_value).key_id == second
+    assert plugin_calls(real_plugin, "Encrypt") == 2
+
+
+def test_bad_reloaded_configuration_keeps_the_old_one(real_plugin, standin_factory, etcd, tmp_path):
+    config = encryption_config(tmp_path / "enc.yaml", [kms_v2(real_plugin.socket), {"identity": {}}])
+    standin = standin_factory(config)
+    api = core(standin)
+
+    def reloads(status):
+        return sum(value for labels, value in standin.metric_samples("apiserver_encryption_config_controller_automatic_reloads_total")
+                   if labels["status"] == status)
+
+    config.write_text("apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources: [\n", encoding="utf-8")
+    deadline = time.monotonic() + 30
+    while reloads("failure") < 1:
+        assert time.monotonic() < deadline, f"no failed reload counted; log:\n{standin.log_tail()}"
+        time.sleep(0.2)
+    assert "failed to reload the encryption configuration, the previous one stays in force" in standin.log_tail()
+    api.create_namespaced_secret("default", new_secret("still-kms"))
+    value, _revision = etcd_value(etcd, f"{standin.etcd_prefix}/secrets/default/still-kms")
+    assert storage.parse_stored_value(value).provider_type == "kms-v2"
+    assert standin.health("/healthz/kms-providers") == (200, "ok")
+
+    # A new file whose KMS plugin cannot be reached is refused too: its provider never turns healthy.
+    encryption_config(config, [kms_v2(tmp_path / "no-such-plugin.sock", "other"), {"identity": {}}])
+    deadline = time.monotonic() + 60
+    while reloads("failure") < 2:
+        assert time.monotonic() < deadline, f"the unreachable provider was not refused; log:\n{standin.log_tail()}"
+        time.sleep(0.5)
+    assert reloads("success") == 0
+    api.create_namespaced_secret("default", new_secret("still-teapot"))
+    value, _revision = etcd_value(etcd, f"{standin.etcd_prefix}/secrets/default/still-teapot")
+    assert storage.parse_stored_value(value).provider_name == KMS_NAME
+
+    encryption_config(config, [{"identity": {}}, kms_v2(real_plugin.socket)])
+    _wait_for_reload(standin, 1)
+    api.create_namespaced_secret("default", new_secret("now-plain"))
+    value, _revision = etcd_value(etcd, f"{standin.etcd_prefix}/secrets/default/now-plain")
+    assert storage.parse_stored_value(value).provider_type == "identity"
+
+
+def test_custom_resources_and_delete(real_plugin, standin_factory, etcd, tmp_path):
+    config = encryption_config(tmp_path / "enc.yaml", [kms_v2(real_plugin.socket), {"identity": {}}],
+                               resources=("secrets", "widgets.example.com"))
+    standin = standin_factory(config, extra_flags=["--standin-custom-resource=widgets.example.com/v1/Widget"])
+    custom = kubernetes.client.CustomObjectsApi(standin.api_client())
+    body = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": 3}}
+    created = custom.create_namespaced_custom_object("example.com", "v1", "default", "widgets", body)
+    assert created["metadata"]["generation"] == 1
+    value, revision = etcd_value(etcd, f"{standin.etcd_prefix}/example.com/widgets/default/w1")
+    stored = storage.parse_stored_value(value)
+    assert (stored.provider_type, stored.provider_name) == ("kms-v2", KMS_NAME)
+    assert created["metadata"]["resourceVersion"] == str(revision)
+
+    listed = custom.list_cluster_custom_object("example.com", "v1", "widgets")
+    assert [(item["kind"], item["metadata"]["name"]) for item in listed["items"]] == [("Widget", "w1")]
+    current = custom.get_namespaced_custom_object("example.com", "v1", "default", "widgets", "w1")
+    current["spec"]["size"] = 4
+    updated = custom.replace_namespaced_custom_object("example.com", "v1", "default", "widgets", "w1", current)
+    assert updated["metadata"]["generation"] == 2
+
+    # Discovery lists what the stand-in serves.
+    assert "example.com" in [group.name for group in kubernetes.client.ApisApi(standin.api_client()).get_api_versions().groups]
+
+    api = core(standin)
+    api.create_namespaced_secret("default", new_secret("doomed"))
+    api.delete_namespaced_secret("doomed", "default")
+    assert etcd_value(etcd, f"{standin.etcd_prefix}/secrets/default/doomed") == (None, 0)
+    with pytest.raises(kubernetes.client.ApiException) as missing:
+        api.read_namespaced_secret("doomed", "default")
+    assert missing.value.status == 404
+    custom.delete_namespaced_custom_object("example.com", "v1", "default", "widgets", "w1")
+    assert custom.list_namespaced_custom_object("example.com", "v1", "default", "widgets")["items"] == []
+
+    # Without a token nothing but health and version.
+    assert standin.request("GET", "/api/v1/secrets", token=False)[0] == 401
+    assert standin.request("GET", "/api/v1/secrets", token="wrong")[0] == 401
+    assert standin.request("GET", "/version", token=False)[0] == 200
+
+
+# ---------------------------------------------------------------- as a static pod
+
+
+def edit_manifest(path, change):
+    """Load the manifest, let ``change(pod)`` edit it, write it back by rename (as the collection's module does)."""
+    pod = yaml.safe_load(path.read_text(encoding="utf-8"))
+    change(pod)
+    tmp = path.with_name(f".{path.name}.new")
+    tmp.write_text(yaml.safe_dump(pod, sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+def drop_volume(name):
+    def change(pod):
+        pod["spec"]["volumes"] = [volume for volume in pod["spec"]["volumes"] if volume["name"] != name]
+        container = pod["spec"]["containers"][0]
+        container["volumeMounts"] = [mount for mount in container["volumeMounts"] if mount["name"] != name]
+    return change
+
+
+def wait_until(predicate, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_static_pod_manifest_and_the_kubelet_standin(real_plugin, standin_factory, tmp_path):
+    config_dir = tmp_path / "encryption"
+    config_dir.mkdir()
+    socket_dir = str(real_plugin.base_dir / "run")
+    config = encryption_config(config_dir / "config.yaml", [kms_v2(real_plugin.socket), {"identity": {}}])
+    standin = standin_factory(config, start=False)
+    manifest = standin.use_manifest(tmp_path / "manifests" / "kube-apiserver.yaml", [
+        ("standin-files", str(standin.base_dir), "Directory"),
+        ("encryption-config", str(config_dir), "DirectoryOrCreate"),
+        ("kms-plugin-socket", socket_dir, "DirectoryOrCreate"),
+    ])
+    standin.start()
+    assert standin.wait_health("/readyz") == "ok"
+    assert "--manifest=" in " ".join(standin.argv())
+    standin.watch_manifest()
+
+    # Without the socket's directory in the pod, kube-apiserver runs and cannot reach the plugin.
+    edit_manifest(manifest, drop_volume("kms-plugin-socket"))
+    wait_until(lambda: standin.restarts == 1, "the restart after the manifest changed")
+    body = standin.wait_health("/healthz/kms-providers", ok=False)
+    assert "not-mounted-into-the-kube-apiserver-container" in body
+    assert standin.running()
+
+    # Mounted again: healthy again (another restart).
+    def add_socket_mount(pod):
+        pod["spec"]["volumes"].append({"name": "kms-plugin-socket", "hostPath": {"path": socket_dir, "type": "DirectoryOrCreate"}})
+        pod["spec"]["containers"][0]["volumeMounts"].append({"name": "kms-plugin-socket", "mountPath": socket_dir})
+
+    edit_manifest(manifest, add_socket_mount)
+    wait_until(lambda: standin.restarts == 2, "the second restart")
+    assert standin.wait_health("/healthz/kms-providers") == "ok"
+
+    # An unchanged manifest rewritten: no restart; the manifest removed: the pod goes.
+    manifest.write_bytes(manifest.read_bytes())
+    time.sleep(2)
+    assert standin.restarts == 2
+    manifest.unlink()
+    wait_until(lambda: not standin.running(), "the stand-in to stop once its manifest is gone")
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("config-not-mounted", "is not inside any volumeMount of the kube-apiserver container"),
+    ("unparseable-config", "failed to load the encryption configuration"),
+    ("mount-without-volume", "names no volume in spec.volumes"),
+    ("missing-directory", "is not a directory on this host"),
+])
+def test_refuses_a_static_pod_that_could_not_run(etcd, tmp_path, fault, message):
+    config_dir = tmp_path / "encryption"
+    config_dir.mkdir()
+    config = encryption_config(config_dir / "config.yaml", [{"identity": {}}])
+    if fault == "unparseable-config":
+        config.write_text("kind: EncryptionConfiguration\napiVersion: apiserver.config.k8s.io/v1\nresources: {providers: [\n",
+                          encoding="utf-8")
+    standin = StandinProcess(tmp_path / "standin", etcd.endpoints, config, etcd_prefix=f"/{tmp_path.name}")
+    mounts = [("standin-files", str(standin.base_dir), "Directory")]
+    if fault != "config-not-mounted":
+        mounts.append(("encryption-config", str(config_dir), "Directory"))
+    if fault == "missing-directory":
+        mounts.append(("gone", str(tmp_path / "gone"), "Directory"))
+    manifest = standin.use_manifest(tmp_path / "manifests" / "kube-apiserver.yaml", mounts)
+    if fault == "mount-without-volume":
+        edit_manifest(manifest, lambda pod: pod["spec"]["volumes"].pop())
+    standin.start(wait=False)
+    try:
+        assert standin.wait_exit() == 1
+        assert message in standin.log_tail(), standin.log_tail()
+    finally:
+        standin.stop()
