@@ -8,8 +8,8 @@ module: kube_apiserver_manifest
 short_description: Set kube-apiserver flags and hostPath volumes in its static pod manifest
 version_added: 0.1.0
 description:
-  - Edits the kube-apiserver static pod manifest that kubeadm writes (C(/etc/kubernetes/manifests/kube-apiserver.yaml)):
-    sets O(flags) in the container's command, adds O(volumes) to the Pod and mounts them into the container.
+  - Edits the kube-apiserver static pod manifest that kubeadm writes (C(/etc/kubernetes/manifests/kube-apiserver.yaml)).
+    It sets O(flags) in the container's command, adds O(volumes) to the Pod and mounts them into the container.
   - The edit is structural; every other field is kept. A manifest that already has the flags and volumes is not
     rewritten.
   - Before a change, the manifest is copied to O(backup_dir) with a UTC timestamp. That directory must be outside
