@@ -70,7 +70,7 @@ sanity: $(SANITY_VENV)/.installed
 	cd $(COLLECTION_ROOT) && HOME=$(SANITY_HOME) $(SANITY_VENV)/bin/ansible-test sanity --venv --python 3.11 --color no
 
 unit: venv
-	$(BIN)/pytest tests/unit kms_plugin/tests $(PYTEST_ARGS)
+	$(BIN)/pytest tests/unit daemon/tests $(PYTEST_ARGS)
 
 integration: venv
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)

@@ -35,7 +35,7 @@ def main(path):
     handlers = {name: grpc.unary_unary_rpc_method_handler(func, response_serializer=_serialize)
                 for name, func in (("Status", status), ("Encrypt", encrypt), ("Decrypt", decrypt))}
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
-                         handlers=(grpc.method_handlers_generic_handler(proto.SERVICE, handlers),))
+                         handlers=(grpc.method_handlers_generic_handler(proto.GRPC_SERVICE, handlers),))
     server.add_insecure_port(f"unix:{path}")
     server.start()
     done = threading.Event()

@@ -144,7 +144,7 @@ def controller(args):
     from tests.harness.barbican import BarbicanService
     from tests.harness.cache import cache_dir
     from tests.harness.keystone import KeystoneService
-    from tests.harness.kms_plugin import PluginProcess, order_kek, password_barbican_section, plugin_venv
+    from tests.harness.plugin_daemon import PluginProcess, order_kek, password_barbican_section, plugin_venv
     from tests.harness.procs import ManagedProcess, free_port
     from tests.harness.venvs import ensure_venv
 

@@ -12,7 +12,11 @@ options:
     description:
       - The name of an entry in C(clouds.yaml) (standard search path, or E(OS_CLIENT_CONFIG_FILE)),
         or a dict with the fields of such an entry.
-      - Options given next to O(cloud) override the entry's.
+      - With a name, the options given next to O(cloud) override the entry's, field by field (a field of O(auth)
+        replaces the same field of the entry's C(auth)).
+      - A dict is a whole entry, as in the openstack.cloud modules. The modules refuse it together with O(auth),
+        O(auth_type), O(region_name), O(validate_certs), O(ca_cert), O(client_cert), O(client_key), O(api_timeout)
+        or an O(interface) other than V(public); put those fields into the dict instead.
       - Prefer O(auth) for secrets; the secret fields of a dict are hidden from the output as well.
     type: raw
   auth:

@@ -28,7 +28,7 @@ else:
     CLIENT_LIBS_IMPORT_ERROR = None
 
 # The plugin daemon reports this prefix followed by the secret's UUID
-# (kms_plugin/src/teapot_kms_plugin/wrapping.py:key_id_for).
+# (daemon/src/teapot_kms_plugin/wrapping.py:key_id_for).
 KEY_ID_PREFIX = "barbican:"
 PAYLOAD_CONTENT_TYPE = "application/octet-stream"
 PAGE_SIZE = 100
@@ -41,6 +41,11 @@ AUTH_FIELDS = ("auth_url", "username", "user_id", "password", "user_domain_name"
                "project_name", "project_id", "project_domain_name", "project_domain_id", "domain_name", "domain_id",
                "system_scope", "trust_id", "application_credential_id", "application_credential_name",
                "application_credential_secret", "token")
+
+# A cloud given as a dict is a whole clouds.yaml entry: like openstack.cloud's
+# modules, refuse these options next to it rather than pick a winner.
+_CLOUD_DICT_EXCLUSIVE_OPTIONS = ("auth", "auth_type", "region_name", "validate_certs", "ca_cert", "client_cert",
+                                 "client_key", "api_timeout")
 
 
 def auth_argument_spec():
@@ -153,12 +158,24 @@ class BarbicanModule:
                 kwargs[name] = params[option]
         return kwargs
 
+    def _refuse_options_beside_cloud_dict(self):
+        params = self.params
+        given = [name for name in _CLOUD_DICT_EXCLUSIVE_OPTIONS if params[name] is not None]
+        if params["interface"] != "public":
+            given.append("interface")
+        if given:
+            raise BarbicanError(
+                f"cloud is a dict, a whole clouds.yaml entry, and cannot be combined with {', '.join(given)}: "
+                "put those fields into the cloud dict, or give cloud as the name of a clouds.yaml entry "
+                "(the options next to a name override the entry's)")
+
     def cloud_region(self):
         if self._cloud_region is None:
             cloud = self.params["cloud"]
             kwargs = self._region_kwargs()
             try:
                 if isinstance(cloud, dict):
+                    self._refuse_options_beside_cloud_dict()
                     kwargs.update(cloud)
                     cloud = None
                 elif cloud is not None and not isinstance(cloud, str):

@@ -2,7 +2,9 @@
 
 ``prepare()`` builds both from the caller's lists (cached: the same list for
 the same rootfs is built once), and ``serve()`` starts an HTTP server bound
-only to the test bridge's host-side address.  Hosts then use::
+only to the test bridge's host-side address.  ``build()`` (the command line,
+``python3 -m tests.harness.pkgrepo``) builds the same for a site's own hosts,
+resolved against a copy of their dpkg status.  Hosts then use::
 
     deb [trusted=yes] http://ADDRESS:PORT/debian ./
     pip index-url http://ADDRESS:PORT/pypi/simple/
@@ -11,6 +13,7 @@ The .deb files are resolved by apt on the controller against exactly the
 host rootfs's dpkg status, so every dependency the rootfs lacks comes along.
 """
 
+import argparse
 import contextlib
 import gzip
 import hashlib
@@ -20,14 +23,13 @@ import os
 import pathlib
 import re
 import shutil
-import subprocess
 import sys
-import time
 
-from tests.harness.cache import cache_dir
-from tests.harness.procs import ManagedProcess, free_port, wait_for_port
-from tests.harness.cache import file_lock
-from tests.harness.testhosts import SUITE, TestHostError, _process_start_time, debian_mirror
+from tests.harness.cache import cache_dir, file_lock
+from tests.harness.procs import ManagedProcess, free_port, run, wait_for_port
+from tests.harness.testhosts import TestHostError
+from tests.harness.testhosts.apt_sources import SUITE, debian_mirror
+from tests.harness.testhosts.state_file import process_start_time
 
 HOST_PYTHON = "3.11"
 HOST_MACHINE = "x86_64"
@@ -45,18 +47,6 @@ def _sha256_file(path):
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _run(argv, log, **kwargs):
-    argv = [str(arg) for arg in argv]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
-    if result.returncode != 0:
-        raise TestHostError(
-            f"{' '.join(argv)} exited with {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-        )
-    if log is not None and result.stderr:
-        print(result.stderr.rstrip()[-2000:], file=log)
-    return result.stdout
 
 
 # --------------------------------------------------------------------------
@@ -95,22 +85,22 @@ def _apt_options(rootfs, apt_dir, archives):
 
 
 def _write_flat_repo_indexes(repo):
-    packages = _run(["dpkg-scanpackages", "--multiversion", ".", "/dev/null"], None, cwd=repo)
+    packages = run(["dpkg-scanpackages", "--multiversion", ".", "/dev/null"], cwd=repo)
     (repo / "Packages").write_text(packages, encoding="utf-8")
     with gzip.GzipFile(repo / "Packages.gz", "wb", mtime=0) as handle:
         handle.write(packages.encode())
-    lines = [
-        "Origin: teapot.kms test repository",
-        "Label: teapot.kms",
-        f"Suite: {SUITE}",
-        "Architectures: amd64 all",
-        time.strftime("Date: %a, %d %b %Y %H:%M:%S UTC", time.gmtime()),
-        "SHA256:",
-    ]
-    for name in ("Packages", "Packages.gz"):
-        path = repo / name
-        lines.append(f" {_sha256_file(path)} {path.stat().st_size} {name}")
-    (repo / "Release").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    fields = {
+        "Origin": "teapot.kms test repository",
+        "Label": "teapot.kms",
+        "Suite": SUITE,
+        "Architectures": "amd64 all",
+    }
+    options = []
+    for field, value in fields.items():
+        options += ["-o", f"APT::FTPArchive::Release::{field}={value}"]
+    # Captured, then written: apt-ftparchive would list a Release file that already exists.
+    release = run(["apt-ftparchive", *options, "release", "."], cwd=repo)
+    (repo / "Release").write_text(release, encoding="utf-8")
 
 
 def debian_repository(rootfs, packages, log=sys.stderr):
@@ -129,8 +119,8 @@ def debian_repository(rootfs, packages, log=sys.stderr):
         if packages:
             # Download into the empty staging directory: exactly the packages this set needs.
             options = _apt_options(rootfs, base / "apt", staging)
-            _run(["apt-get", *options, "update"], log)
-            _run(["apt-get", *options, "--download-only", "install", *packages], log)
+            run(["apt-get", *options, "update"], log)
+            run(["apt-get", *options, "--download-only", "install", *packages], log)
             shutil.rmtree(staging / "partial", ignore_errors=True)
             (staging / "lock").unlink(missing_ok=True)
             if not any(staging.glob("*.deb")):
@@ -195,10 +185,10 @@ def wheel_index(wheels=(), build_wheels=(), log=sys.stderr):
         files.mkdir(parents=True)
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
         if wheels:
-            _run([*pip, "download", "--only-binary=:all:", *_host_platform_options(), "--dest", files, *wheels], log)
+            run([*pip, "download", "--only-binary=:all:", *_host_platform_options(), "--dest", files, *wheels], log)
         if build_wheels:
             # Built with this interpreter: the controller runs the hosts' Python and glibc.
-            _run([*pip, "wheel", "--wheel-dir", files, *build_wheels], log)
+            run([*pip, "wheel", "--wheel-dir", files, *build_wheels], log)
         non_wheels = [path.name for path in files.iterdir() if path.suffix != ".whl"]
         if non_wheels:
             raise TestHostError(f"pip left files that are not wheels in {files}: {non_wheels}")
@@ -237,7 +227,7 @@ def serve(sources, address, run_dir, state, log_dir):
         record["log"],
     ).start()
     record["pid"] = process.popen.pid
-    record["start_time"] = _process_start_time(process.popen.pid)
+    record["start_time"] = process_start_time(process.popen.pid)
     state.save()
     wait_for_port(address, port, 30.0, process)
     base = f"http://{address}:{port}"
@@ -249,3 +239,56 @@ def serve(sources, address, run_dir, state, log_dir):
         "debian_dir": sources["debian"],
         "pypi_dir": sources["pypi"],
     }
+
+
+# --------------------------------------------------------------------------
+# For a site's own hosts
+
+
+def build(dest, dpkg_status, debs=(), wheels=(), build_wheels=(), log=sys.stderr):
+    """Build both sources into ``dest/debian`` and ``dest/pypi``.
+
+    apt resolves ``debs`` against ``dpkg_status`` (a copy of one host's
+    /var/lib/dpkg/status), so the repository holds what such hosts lack.
+    """
+    dest = pathlib.Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise TestHostError(f"{dest} is not empty: give a new directory, so that no file of an older build stays in it")
+    status = pathlib.Path(dpkg_status).read_bytes()
+    # prepare() takes a root whose var/lib/dpkg/status apt reads; named by the
+    # status's digest, so that its cache follows the hosts' installed set.
+    host_root = cache_dir("host-status", hashlib.sha256(status).hexdigest()[:16])
+    (host_root / "var/lib/dpkg").mkdir(parents=True, exist_ok=True)
+    (host_root / "var/lib/dpkg/status").write_bytes(status)
+    sources = prepare(host_root, debs=debs, wheels=wheels, build_wheels=build_wheels, log=log)
+    for name, directory in sources.items():
+        shutil.copytree(directory, dest / name)
+    return {name: str(dest / name) for name in sources}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python3 -m tests.harness.pkgrepo",
+        description="Build a flat Debian repository and a PEP 503 wheel index for hosts without internet "
+                    "(see docs/offline-install.md).",
+    )
+    parser.add_argument("--dest", required=True, help="new directory to write debian/ and pypi/ into")
+    parser.add_argument("--dpkg-status", required=True, help="a copy of /var/lib/dpkg/status from one of the hosts")
+    parser.add_argument("--deb", action="append", default=[], help="Debian package for the repository (repeat)")
+    parser.add_argument("--wheel", action="append", default=[], help="requirement to download as a wheel (repeat)")
+    parser.add_argument("--build-wheel", action="append", default=[],
+                        help="requirement to build with pip wheel here, for packages without a wheel (repeat)")
+    args = parser.parse_args(argv)
+    try:
+        print(json.dumps(build(args.dest, args.dpkg_status, args.deb, args.wheel, args.build_wheel), indent=2))
+    except (TestHostError, OSError) as error:
+        print(f"pkgrepo: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the importable module, so that this entry point and testhosts share one TestHostError.
+    from tests.harness import pkgrepo as _pkgrepo  # pylint: disable=import-self
+
+    sys.exit(_pkgrepo.main())

@@ -1,8 +1,9 @@
-"""Start, watch and stop the harness's own processes.
+"""Start, watch and stop the harness's own processes, and run its commands.
 
 Only processes started here are ever signalled: each one runs in its own
 process group, and stop() signals that group and nothing else.  Output goes
 to a log file that failures print, so a broken service explains itself.
+``run()`` is the one way the harness runs a command to completion.
 """
 
 import contextlib
@@ -12,6 +13,28 @@ import signal
 import socket
 import subprocess
 import time
+
+
+class CommandError(RuntimeError):
+    """A command that ``run()`` ran exited with a non-zero status."""
+
+
+def run(argv, log=None, **kwargs):
+    """Run ``argv`` to completion and return its standard output.
+
+    Its standard error is copied to ``log`` (an open text file) when one is
+    given.  A non-zero exit raises CommandError with the command line and the
+    end of both outputs, so the failure explains itself where it is reported.
+    """
+    argv = [str(arg) for arg in argv]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
+    if log is not None and result.stderr:
+        print(result.stderr.rstrip()[-2000:], file=log)
+    if result.returncode != 0:
+        raise CommandError(
+            f"{' '.join(argv)} exited with {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
+    return result.stdout
 
 
 def free_port(host="127.0.0.1"):

@@ -7,7 +7,7 @@ the end of the session.  Service logs stay under
 Fixtures: ``keystone``, ``barbican`` (simple_crypto on sqlite, the catalog's
 key-manager endpoint), ``barbican_p11`` (p11_crypto on SoftHSM2, sqlite),
 ``barbican_factory(flavour=..., database=...)`` (a new instance per call),
-``mariadb``, ``postgresql`` and ``etcd``.
+``mariadb``, ``postgresql``, ``etcd`` and ``etcd_tls`` (client certificates, as kubeadm sets it up).
 """
 
 import itertools
@@ -72,6 +72,10 @@ class _Servers:
     def etcd(self):
         return self._get("etcd", lambda: EtcdServer(self._tmp.mktemp("etcd"), self._log_dir))
 
+    def etcd_tls(self, name="tls"):
+        """A TLS etcd per ``name``: tests that need a store of their own ask for their own name."""
+        return self._get(f"etcd_{name}", lambda: EtcdServer(self._tmp.mktemp(f"etcd-{name}"), self._log_dir, name=name, tls=True))
+
     def stop_all(self):
         for server in reversed(list(self._servers.values())):
             server.stop()
@@ -112,6 +116,12 @@ def postgresql(harness_servers):
 def etcd(harness_servers):
     """Single-member etcd; ``endpoints`` is a list of client URLs."""
     return harness_servers.etcd()
+
+
+@pytest.fixture(scope="session")
+def etcd_tls(harness_servers):
+    """Single-member etcd over TLS that demands a client certificate; ``client_options()`` for the modules."""
+    return harness_servers.etcd_tls()
 
 
 @pytest.fixture(scope="session")

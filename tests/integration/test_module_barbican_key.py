@@ -9,7 +9,7 @@ import yaml
 from barbicanclient import exceptions as barbican_exceptions
 
 from tests.harness.keystone import make_session
-from tests.harness.kms_plugin import PluginProcess, password_barbican_section, plugin_venv
+from tests.harness.plugin_daemon import PluginProcess, password_barbican_section, plugin_venv
 from tests.harness.playbook import PlaybookRunner
 from tests.harness.procs import free_port
 

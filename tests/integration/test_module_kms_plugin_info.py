@@ -6,7 +6,7 @@ Molecule scenario kms_plugin checks it on systemd-nspawn hosts.
 
 import pytest
 
-from tests.harness.kms_plugin import PluginProcess, order_kek, password_barbican_section, plugin_venv
+from tests.harness.plugin_daemon import PluginProcess, order_kek, password_barbican_section, plugin_venv
 from tests.harness.playbook import PlaybookRunner
 from tests.harness.procs import free_port
 

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from tests.harness import testhosts
+from tests.harness.testhosts.state_file import alive
+from tests.harness.testhosts.teardown import processes_rooted_below
 
 pytestmark = [
     pytest.mark.slow,
@@ -52,12 +53,12 @@ def _assert_nothing_left(state):
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
     for host in state["hosts"]:
         assert f"vb-{host['machine']}"[:15] not in links
-        assert not testhosts._alive(host)  # pylint: disable=protected-access
-        assert not testhosts._processes_rooted_below(host["merged"])  # pylint: disable=protected-access
+        assert not alive(host)
+        assert not processes_rooted_below(host["merged"])
         for group in host["cgroups"]:
             assert not os.path.exists(group)
     for server in state["servers"]:
-        assert not testhosts._alive(server)  # pylint: disable=protected-access
+        assert not alive(server)
     assert not os.path.exists(run_dir)
 
 
@@ -153,7 +154,7 @@ def test_prune_cleans_up_runs_whose_state_file_was_lost(tmp_path):
     os.kill(state["servers"][0]["pid"], signal.SIGKILL)
     os.kill(state["hosts"][0]["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while testhosts._alive(state["hosts"][0]) and time.monotonic() < deadline:  # pylint: disable=protected-access
+    while alive(state["hosts"][0]) and time.monotonic() < deadline:
         time.sleep(0.1)
     second = _cli("prune")
     assert second.returncode == 0, second.stderr

@@ -54,7 +54,7 @@ def test_tarball_holds_no_development_files(built_tarball):
         name for name in names
         if name.split("/")[0] in FORBIDDEN_TOP
         or "__pycache__" in name.split("/")
-        or name.startswith("kms_plugin/tests")
+        or name.startswith("daemon/tests")
     ]
     assert not offending, f"development files in the tarball: {offending}"
     for required in ("MANIFEST.json", "FILES.json", "README.md", "LICENSE", "meta/runtime.yml"):

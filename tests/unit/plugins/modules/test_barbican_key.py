@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 from barbicanclient import exceptions as barbican_exceptions
+from ansible.module_utils.testing import patch_module_args
 from keystoneauth1 import exceptions as ks_exceptions
 
 from ansible_collections.teapot.kms.plugins.module_utils import _barbican
@@ -50,6 +51,57 @@ def test_bad_expiration(run_module):
 def test_cloud_must_be_a_name_or_a_dict(run_module):
     code, result = run_module(barbican_key.main, {"name": "k", "cloud": 5})
     assert code == 1 and "cloud must be the name of a clouds.yaml entry or a dict" in result["msg"]
+
+
+@pytest.mark.parametrize("option, value", [
+    ("auth", {"username": "other"}),
+    ("auth_type", "v3applicationcredential"),
+    ("region_name", "RegionTwo"),
+    ("validate_certs", False),
+    ("ca_cert", "/etc/ssl/certs/ca-certificates.crt"),
+    ("client_cert", "/etc/teapot-kms/client.pem"),
+    ("client_key", "/etc/teapot-kms/client.key"),
+    ("api_timeout", 30),
+    ("interface", "internal"),
+])
+def test_cloud_dict_refuses_explicit_options(run_module, option, value):
+    code, result = run_module(barbican_key_info.main, {"cloud": {"auth": _auth()}, option: value})
+    assert code == 1
+    assert result["msg"] == (
+        f"cloud is a dict, a whole clouds.yaml entry, and cannot be combined with {option}: put those fields into the "
+        "cloud dict, or give cloud as the name of a clouds.yaml entry (the options next to a name override the entry's)")
+    assert PASSWORD not in str(result)
+
+
+def test_cloud_dict_refusal_names_every_option(run_module):
+    code, result = run_module(barbican_key.main, {"name": "k", "cloud": {"auth": _auth()}, "auth": _auth(),
+                                                  "verify": False, "endpoint_type": "admin"})
+    assert code == 1 and "cannot be combined with auth, validate_certs, interface:" in result["msg"]
+    assert PASSWORD not in str(result)
+
+
+def test_cloud_dict_alone_is_used(run_module):
+    # Past the refusal: the dict's auth is used, and its Keystone is unreachable.
+    code, result = run_module(barbican_key_info.main, {"cloud": {"auth": _auth(), "region_name": "RegionOne"},
+                                                       "endpoint_override": "http://127.0.0.1:9/"})
+    assert code == 1 and "cannot reach the service" in result["msg"]
+
+
+def test_options_next_to_a_cloud_name_override_the_entry(monkeypatch, tmp_path):
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text(
+        "clouds:\n  kms:\n    region_name: RegionOne\n    auth:\n"
+        + "".join(f"      {key}: {value}\n" for key, value in _auth().items()),
+        encoding="utf-8")
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+    with patch_module_args({"cloud": "kms", "auth": {"username": "other-user"}, "interface": "internal",
+                            "api_timeout": 7}):
+        region = barbican_key_info.BarbicanKeyInfoModule().cloud_region()
+    assert region.config["auth"]["username"] == "other-user"
+    assert region.config["auth"]["password"] == PASSWORD
+    assert region.config["auth"]["project_name"] == "kms"
+    assert region.config["interface"] == "internal" and region.config["api_timeout"] == 7
+    assert region.get_region_name("key-manager") == "RegionOne"
 
 
 def test_unknown_cloud(run_module):
@@ -126,11 +178,11 @@ def _raise(exc):
 
 
 def test_key_id_rule_is_the_daemons():
-    sys.path.insert(0, str(REPO / "kms_plugin" / "src"))
+    sys.path.insert(0, str(REPO / "daemon" / "src"))
     try:
         from teapot_kms_plugin import wrapping  # pylint: disable=import-outside-toplevel,import-error
     finally:
-        sys.path.remove(str(REPO / "kms_plugin" / "src"))
+        sys.path.remove(str(REPO / "daemon" / "src"))
     for _attempt in range(50):
         secret = uuid.uuid4()
         href = f"https://barbican.example:9311/v1/secrets/{secret}"

@@ -1,0 +1,173 @@
+"""The KMS plugin daemon as a real process: its venv, its config, its socket.
+
+The venv is built the way hosts without internet install it: ``pip wheel``
+collects the plugin and every dependency into a wheel directory, then a fresh
+venv installs from that directory alone (``--no-index``).  Both live below the
+cache, keyed by a hash of the plugin's sources.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+import yaml
+
+from tests.harness.cache import cache_dir
+from tests.harness.procs import ManagedProcess
+
+SOURCE = pathlib.Path(__file__).resolve().parents[2] / "daemon"
+_MARKER = ".teapot-complete"
+
+
+def source_hash():
+    digest = hashlib.sha256()
+    files = [SOURCE / "pyproject.toml", SOURCE / "README.md", *sorted((SOURCE / "src").rglob("*.py"))]
+    for path in files:
+        digest.update(str(path.relative_to(SOURCE)).encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(sys.version.split()[0].encode())
+    return digest.hexdigest()[:12]
+
+
+def _run(argv, log):
+    result = subprocess.run([str(arg) for arg in argv], stdout=log, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(str(arg) for arg in argv[:4])} ... failed with {result.returncode}; see {log.name}")
+
+
+def plugin_venv():
+    """Build (once per source hash) and return the venv with ``teapot-kms-plugin`` installed offline."""
+    key = source_hash()
+    venv = cache_dir("venvs") / f"kms-plugin-{key}"
+    if (venv / _MARKER).exists():
+        return venv
+    wheels = cache_dir("wheels", f"kms-plugin-{key}")
+    with open(f"{venv}.lock", "a+", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (venv / _MARKER).exists():
+            return venv
+        if venv.exists():
+            shutil.rmtree(venv)
+        with open(f"{venv}.build.log", "w", encoding="utf-8") as log:
+            _run([sys.executable, "-m", "pip", "wheel", "--quiet", str(SOURCE), "-w", wheels], log)
+            _run([sys.executable, "-m", "venv", venv], log)
+            _run([venv / "bin" / "pip", "install", "--quiet", "--no-index", "--find-links", wheels, "teapot-kms-plugin"], log)
+        (venv / _MARKER).write_text(key + "\n", encoding="utf-8")
+    return venv
+
+
+def order_kek(barbican, creds, name):
+    """Order a 256-bit AES key in Barbican; return the secret href."""
+    client = barbican.client(creds)
+    order = client.orders.create_key(name=name, algorithm="aes", bit_length=256, mode="gcm",
+                                     payload_content_type="application/octet-stream")
+    order_ref = order.submit()
+    for _attempt in range(60):
+        order = client.orders.get(order_ref)
+        if order.status == "ACTIVE":
+            return order.secret_ref
+        if order.status == "ERROR":
+            raise RuntimeError(f"order {order_ref} failed: {order.error_reason}")
+        time.sleep(0.5)
+    raise TimeoutError(f"order {order_ref} did not become ACTIVE")
+
+
+def password_barbican_section(creds, secret_dir, **extra):
+    """``barbican:`` config for password auth, the password in a 0600 file."""
+    secret_dir = pathlib.Path(secret_dir)
+    secret_dir.mkdir(parents=True, exist_ok=True)
+    password_file = secret_dir / "password"
+    password_file.write_text(creds.password + "\n", encoding="utf-8")
+    password_file.chmod(0o600)
+    auth = {key: value for key, value in creds.auth_dict().items() if key != "password"}
+    auth["password_file"] = str(password_file)
+    return {"auth_type": "password", "auth": auth, **extra}
+
+
+class PluginProcess:
+    """``teapot-kms-plugin serve`` on a socket in ``base_dir``, with its config file."""
+
+    def __init__(self, venv, base_dir, config, name="kms-plugin"):
+        self.venv = pathlib.Path(venv)
+        self.base_dir = pathlib.Path(base_dir)
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.config = dict(config)
+        self.config.setdefault("socket", str(self.base_dir / "run" / "kms.sock"))
+        self.socket = self.config["socket"]
+        self.config_path = self.base_dir / "kms-plugin.yaml"
+        self.log_path = self.base_dir / f"{name}.log"
+        self.process = ManagedProcess(name, [self.venv / "bin" / "teapot-kms-plugin", "serve", "--config", self.config_path],
+                                      self.log_path, env=self._env())
+        self.write_config()
+
+    @staticmethod
+    def _env():
+        env = {key: value for key, value in os.environ.items() if not key.startswith("OS_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def write_config(self, **changes):
+        self.config.update(changes)
+        self.config_path.write_text(yaml.safe_dump(self.config), encoding="utf-8")
+        self.config_path.chmod(0o600)
+
+    def start(self, timeout=60.0):
+        """Start and wait until the socket answers Status."""
+        self.process.start()
+        self.wait_for_socket(timeout)
+        return self
+
+    def wait_for_socket(self, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.process.running():
+                raise RuntimeError(f"the plugin exited with {self.process.popen.returncode}; log:\n{self.log_tail()}")
+            if os.path.exists(self.socket):
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    self.status_command()
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"the plugin did not answer on {self.socket} within {timeout:.0f}s; log:\n{self.log_tail()}")
+
+    def status_command(self):
+        """Run ``teapot-kms-plugin status``: ``(exit code, parsed JSON)``; raise if it cannot connect."""
+        result = subprocess.run([str(self.venv / "bin" / "teapot-kms-plugin"), "status", "--socket", self.socket, "--timeout", "5"],
+                                capture_output=True, text=True, check=False)
+        if result.returncode == 2:
+            raise subprocess.CalledProcessError(2, "status", result.stdout, result.stderr)
+        return result.returncode, json.loads(result.stdout)
+
+    def metrics_text(self):
+        host, port = self.config["metrics"]["listen"].rsplit(":", 1)
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:  # nosec: loopback only
+            return response.read().decode()
+
+    def reload(self):
+        import signal  # pylint: disable=import-outside-toplevel
+
+        self.process.signal(signal.SIGHUP)
+
+    def log_text(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines=60):
+        return self.process.log_tail(lines)
+
+    def stop(self):
+        self.process.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
