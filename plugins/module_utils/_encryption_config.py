@@ -211,20 +211,28 @@ class _Carried:
                     "objects written with either would become unreadable: make the files agree by hand")
 
 
+def _audit_counts(usage):
+    """The counts of teapot.kms.secret_encryption_info: {resource: {'TYPE/NAME/KEY_ID': count}}."""
+    counts = (usage or {}).get("counts")
+    if not isinstance(counts, dict) or not all(isinstance(v, dict) for v in counts.values()):
+        raise EncryptionConfigError(
+            "audit: give the result of teapot.kms.secret_encryption_info (its counts per resource)")
+    return counts
+
+
 def _count_users(usage, kind, name):
-    """Objects that the audit found under a provider (all keys of a static type when name is None)."""
-    total = 0
-    by_resource = {}
-    for row in usage.get("counts") or []:
-        row_type = row.get("provider_type")
-        if kind == "kms":
-            matches = row_type in ("kms-v1", "kms-v2", "kms") and row.get("provider_name") == name
-        else:
-            matches = row_type == kind and (name is None or row.get("provider_name") == name)
-        if matches and int(row.get("count") or 0) > 0:
-            total += int(row["count"])
-            resource = row.get("resource") or "objects"
-            by_resource[resource] = by_resource.get(resource, 0) + int(row["count"])
+    """Objects that the audit found under a provider (every key of a static type when name is None).
+
+    The audit names each group ``TYPE/NAME/KEY_ID``; a prefix match may only
+    count too many (a name with a slash in it), which refuses, never allows.
+    """
+    prefixes = [f"{t}/" + (f"{name}/" if name else "") for t in (("kms-v1", "kms-v2") if kind == "kms" else (kind,))]
+    total, by_resource = 0, {}
+    for resource, groups in _audit_counts(usage).items():
+        for group, count in groups.items():
+            if any(group.startswith(prefix) for prefix in prefixes) and int(count) > 0:
+                total += int(count)
+                by_resource[resource] = by_resource.get(resource, 0) + int(count)
     return total, by_resource
 
 
@@ -232,13 +240,18 @@ def _check_usage_covers(usage, resources, reference):
     if usage is None:
         raise EncryptionConfigError(
             f"refusing to remove {reference}: no audit given; run teapot.kms.secret_encryption_info over "
-            f"{', '.join(resources)} and pass its counts, so that no provider still in use is dropped")
-    audited = set(usage.get("resources") or [])
-    missing = [resource for resource in resources if resource not in audited]
+            f"{', '.join(resources)} and pass its result, so that no provider still in use is dropped")
+    counts = _audit_counts(usage)
+    missing = [resource for resource in resources if resource not in counts]
     if missing:
         raise EncryptionConfigError(
             f"refusing to remove {reference}: the audit did not cover {', '.join(missing)}; audit every resource "
             "the provider serves")
+    unparseable = sum(int(groups.get("unparseable/-/-", 0)) for groups in counts.values())
+    if unparseable:
+        raise EncryptionConfigError(
+            f"refusing to remove {reference}: the audit could not classify {unparseable} stored object(s), which may "
+            "need it; look at them (the audit's objects list) first")
 
 
 def _apply_removals(carried, identity_present, removals, usage, resources, writers, ours):

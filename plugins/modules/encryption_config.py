@@ -82,24 +82,10 @@ options:
     default: []
   audit:
     description:
-      - What M(teapot.kms.secret_encryption_info) found in etcd, reduced to object counts per provider.
-      - Needed only to remove a provider.
+      - The result of M(teapot.kms.secret_encryption_info) over O(resources); its C(counts) say how many objects
+        each provider holds. Needed only to remove a provider.
+      - It must cover every resource of O(resources) and classify every object (no C(unparseable) ones).
     type: dict
-    suboptions:
-      resources:
-        description:
-          - The resources the audit read; it must cover O(resources).
-        type: list
-        elements: str
-        required: true
-      counts:
-        description:
-          - Objects per provider. Each item has C(provider_type) (V(identity), V(aescbc), V(aesgcm), V(secretbox),
-            V(kms-v1), V(kms-v2)), C(provider_name) (the key name or the KMS provider name), C(count), and
-            optionally C(resource).
-        type: list
-        elements: dict
-        required: true
   previous_path:
     description:
       - The EncryptionConfiguration kube-apiserver loads now, when it is not O(path). Its providers are carried
@@ -154,12 +140,18 @@ EXAMPLES = r'''
       endpoint: unix:///run/teapot-kms/kms.sock
   register: encryption
 
+- name: Count what etcd holds under each provider
+  teapot.kms.secret_encryption_info:
+    etcd:
+      cacert: /etc/kubernetes/pki/etcd/ca.crt
+      cert: /etc/kubernetes/pki/apiserver-etcd-client.crt
+      key: /etc/kubernetes/pki/apiserver-etcd-client.key
+  register: audit
+
 - name: Drop an old aescbc key once no object uses it
   teapot.kms.encryption_config:
     remove_providers: ["aescbc:key1"]
-    audit:
-      resources: [secrets]
-      counts: "{{ audit_counts }}"
+    audit: "{{ audit }}"
 '''
 
 RETURN = r'''
@@ -303,10 +295,7 @@ def main():
             )),
             primary=dict(type="bool", default=True),
             remove_providers=dict(type="list", elements="str", default=[]),
-            audit=dict(type="dict", options=dict(
-                resources=dict(type="list", elements="str", required=True),
-                counts=dict(type="list", elements="dict", required=True),
-            )),
+            audit=dict(type="dict"),
             previous_path=dict(type="path"),
             sources=dict(type="list", elements="str", no_log=True),
             header=dict(type="str", default=""),

@@ -210,9 +210,9 @@ def test_splitting_an_entry_that_would_repeat_a_kms_provider_is_refused(run, pat
 
 
 def usage(*counts, resources=("secrets",)):
-    return {"resources": list(resources), "counts": [
-        {"provider_type": kind, "provider_name": name, "count": count, "resource": "secrets"}
-        for kind, name, count in counts]}
+    """A result of teapot.kms.secret_encryption_info with these (type, name, count) groups in every resource."""
+    groups = {f"{kind}/{name or '-'}/{'key-1' if kind == 'kms-v2' else '-'}": count for kind, name, count in counts}
+    return {"changed": False, "total": sum(groups.values()), "counts": {resource: dict(groups) for resource in resources}}
 
 
 @pytest.fixture
@@ -263,6 +263,9 @@ def test_identity_removed_on_request_stays_removed(run, paths, encrypted_with_tw
     ({"remove_providers": ["aescbc:key1"]}, "refusing to remove aescbc:key1: no audit given"),
     ({"remove_providers": ["aescbc:key1"], "audit": usage(resources=["configmaps"])},
      "refusing to remove aescbc:key1: the audit did not cover secrets"),
+    ({"remove_providers": ["aescbc:key1"], "audit": usage(("unparseable", None, 2))},
+     "refusing to remove aescbc:key1: the audit could not classify 2 stored object(s)"),
+    ({"remove_providers": ["aescbc:key1"], "audit": {"total": 3}}, "give the result of teapot.kms.secret_encryption_info"),
     ({"remove_providers": ["kms:teapot-kms"], "audit": usage()}, "cannot remove kms:teapot-kms"),
     ({"remove_providers": ["rot13"]}, "cannot remove 'rot13'"),
 ])
