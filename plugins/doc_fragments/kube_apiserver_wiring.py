@@ -10,8 +10,8 @@ class ModuleDocFragment:
 options:
   flags:
     description:
-      - kube-apiserver flags to set, without the leading C(--), for example
-        C({encryption-provider-config: /etc/kubernetes/encryption/config.yaml}).
+      - kube-apiserver flags to set, name (without the leading C(--)) to value; for example the name
+        C(encryption-provider-config) with the value C(/etc/kubernetes/encryption/config.yaml).
       - Each is set once; a flag already there gets the new value in place. Flags not listed are left alone.
     type: dict
     default: {}

@@ -105,7 +105,7 @@ options:
     default: ''
   backup:
     description:
-      - Before changing the file, copy it into O(backup_dir) (mode C(0600): it holds keys).
+      - Before changing the file, copy it into O(backup_dir), mode C(0600) since it holds keys.
     type: bool
     default: false
   backup_dir:

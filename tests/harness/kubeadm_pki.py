@@ -75,7 +75,7 @@ def build(out, nodes, etcd_members):
         _pair(etcd_ca, f"{name}-etcd-client", pki, "apiserver-etcd-client", common_name="kube-apiserver-etcd-client",
               client=True)
         admin_cert, admin_key = kubernetes_ca.issue(f"{name}-admin", common_name="kubernetes-admin",
-                                                     organization=ADMINS, client=True)
+                                                    organization=ADMINS, client=True)
         shutil.copyfile(kubernetes_ca.cert_path, pki / "ca.crt")
         (pki / "etcd").mkdir(exist_ok=True)
         shutil.copyfile(etcd_ca.cert_path, pki / "etcd" / "ca.crt")
