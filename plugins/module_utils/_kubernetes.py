@@ -148,10 +148,13 @@ class KubeClient:
         return status, parsed, headers
 
     def preferred_version(self, group):
-        """The group's preferred version, from API discovery."""
-        status, body, _headers = self.request("GET", f"/apis/{quote(group, safe='')}")
-        if status == 200 and isinstance(body, dict) and (body.get("preferredVersion") or {}).get("version"):
-            return body["preferredVersion"]["version"]
-        raise KubeError(f"the Kubernetes API at {self.server} does not serve the API group {group} ({status}: "
-                        f"{status_message(body)}); check the resource name, or give the version as "
-                        f"<plural>.<version>.{group}", status)
+        """The group's preferred version, from API discovery (``/apis``)."""
+        status, body, _headers = self.request("GET", "/apis")
+        if status == 200 and isinstance(body, dict):
+            for entry in body.get("groups") or []:
+                if entry.get("name") == group and (entry.get("preferredVersion") or {}).get("version"):
+                    return entry["preferredVersion"]["version"]
+            raise KubeError(f"the Kubernetes API at {self.server} does not serve the API group {group}: check the "
+                            f"resource name, or give the version as <plural>.<version>.{group}", 404)
+        raise KubeError(f"API discovery (/apis) at {self.server} answered {status}: {status_message(body)}; give the "
+                        f"version as <plural>.<version>.{group}", status)

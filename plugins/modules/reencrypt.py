@@ -120,7 +120,8 @@ requirements:
 notes:
   - Switch every API server to the new EncryptionConfiguration (and wait until each reports the new key) before
     running this; an API server still on the old configuration would write objects back under the old provider.
-  - Counts across an interruption add up; at most the one object in flight when the run stopped is counted twice.
+  - Counts across an interruption add up. The object in flight when a run was killed is done again by the next run
+    and counted there, as C(already_current) when the killed run had rewritten it.
 seealso:
   - module: teapot.kms.secret_encryption_info
   - module: teapot.kms.encryption_config
@@ -217,6 +218,9 @@ etcd:
     compacted_revision:
       description: The revision etcd was compacted at.
       type: int
+    compacted:
+      description: Whether this run compacted; V(false) when etcd was compacted at that revision already.
+      type: bool
     defragmented:
       description: The endpoints that were defragmented.
       type: list
@@ -516,12 +520,14 @@ class Reencryptor:
         try:
             revision = client.revision()
             self.progress.write(f"etcd: compacting at revision {revision}")
+            compacted = True
             try:
                 client.compact(revision)
             except EtcdError as exc:
-                # Nothing was written since the API server's own last compaction: the history is gone already.
+                # Nothing was written since the last compaction (the API server's own, or a run before).
                 if "required revision has been compacted" not in str(exc):
                     raise
+                compacted = False
         finally:
             client.close()
         defragmented = []
@@ -535,8 +541,9 @@ class Reencryptor:
                 finally:
                     member.close()
                 defragmented.append(endpoint)
-        self.progress.write(f"etcd: compacted at {revision}, defragmented {', '.join(defragmented) or 'nothing'}")
-        return {"compacted_revision": revision, "defragmented": defragmented}
+        self.progress.write(f"etcd: {'compacted' if compacted else 'already compacted'} at {revision}, "
+                            f"defragmented {', '.join(defragmented) or 'nothing'}")
+        return {"compacted_revision": revision, "compacted": compacted, "defragmented": defragmented}
 
     def result(self, resources, complete):
         per_resource = {resource.name: dict(self.state.resource(resource.name)["counts"]) for resource in resources}
@@ -596,8 +603,9 @@ class Reencryptor:
             result["etcd"] = self.etcd_maintenance()
         except EtcdError as exc:
             self.fail(f"every object is rewritten, but etcd maintenance failed: {exc}", **result)
-        if result["etcd"]:
+        if result["etcd"] and (result["etcd"]["compacted"] or result["etcd"]["defragmented"]):
             result["changed"] = True
+        if result["etcd"] and result["etcd"]["compacted"]:
             self.module.warn("etcd was compacted: its history up to revision "
                              f"{result['etcd']['compacted_revision']} is gone; watchers that resume from an older "
                              "revision list again")

@@ -67,7 +67,7 @@ class PlaybookRunner:
         return env
 
     def run(self, tasks, extra_vars=None, check=False, diff=False, gather_facts=False, timeout=600):
-        """Run ``tasks`` (a list of task dicts) in one play; ``extra_vars`` go through a 0600 file."""
+        """Run ``tasks`` (a list of task dicts) in one play against localhost."""
         self._count += 1
         play = [{
             "name": "teapot.kms test play",
@@ -78,7 +78,22 @@ class PlaybookRunner:
         }]
         playbook = self.workdir / f"play-{self._count}.yml"
         playbook.write_text(yaml.safe_dump(play, sort_keys=False), encoding="utf-8")
-        argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)]
+        return self._ansible_playbook(["-i", "localhost,", "-c", "local", str(playbook)], extra_vars, check, diff, timeout)
+
+    def run_playbook(self, playbook, groups, extra_vars=None, check=False, diff=False, timeout=600):
+        """Run ``playbook`` (a path or a collection's playbook such as ``teapot.kms.reencrypt``) with localhost,
+        connection local, as the only host of each of ``groups``."""
+        self._count += 1
+        inventory = self.workdir / f"inventory-{self._count}.yml"
+        host = {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                              "ansible_async_dir": str(self.workdir / "async")}}
+        inventory.write_text(yaml.safe_dump({"all": {"children": {group: {"hosts": host} for group in groups}}}),
+                             encoding="utf-8")
+        return self._ansible_playbook(["-i", str(inventory), str(playbook)], extra_vars, check, diff, timeout)
+
+    def _ansible_playbook(self, args, extra_vars, check, diff, timeout):
+        """``ansible-playbook`` with ``args``; ``extra_vars`` go through a 0600 file."""
+        argv = [str(BIN / "ansible-playbook"), *args]
         if extra_vars:
             vars_file = self.workdir / f"vars-{self._count}.json"
             vars_file.touch(mode=0o600)
