@@ -594,10 +594,10 @@ class Reencryptor:
             self.state.complete()
         if result["summary"]["failed"]:
             self.progress.write(f"finished with {result['summary']['failed']} failures")
-            first = self.failures[0]
-            self.fail(f"{result['summary']['failed']} objects could not be rewritten and are still stored as before "
-                      f"(first: {first['resource']} {first['namespace'] or ''}/{first['name']}: {first['status']} "
-                      f"{first['message']}); fix them and run again", **result)
+            first, count = self.failures[0], result["summary"]["failed"]
+            what = "1 object could not be rewritten and is" if count == 1 else f"{count} objects could not be rewritten and are"
+            self.fail(f"{what} still stored as before (first: {first['resource']} {first['namespace'] or ''}/{first['name']}: "
+                      f"{first['status']} {first['message']}); fix them and run again", **result)
         self.progress.write(f"finished: {_describe('all', result['summary'])}")
         try:
             result["etcd"] = self.etcd_maintenance()
