@@ -10,7 +10,7 @@ version_added: 0.1.0
 description:
   - Reads every object of the given resources and writes it back unchanged (C(PUT) with the same object and its
     C(resourceVersion)). The API server skips the write of an object that is already stored by the first provider
-    of its EncryptionConfiguration under the current key, and rewrites every other one: after a new provider or key
+    of its EncryptionConfiguration under the current key, and rewrites every other one. After a new provider or key
     became first, this moves every object to it.
   - Each object ends up C(rewritten) (its C(resourceVersion) changed), C(already_current) (the API server skipped
     the write), C(deleted) (gone before its turn; it is never recreated) or C(failed).
