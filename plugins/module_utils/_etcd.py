@@ -34,6 +34,23 @@ _PERMISSION_DENIED = 7
 _UNAUTHENTICATED = 16
 
 
+def etcd_argument_spec():
+    """The ``etcd`` option of the modules that talk to etcd (documented by the teapot.kms.etcd fragment)."""
+    return dict(type="dict", default={}, options=dict(
+        endpoints=dict(type="list", elements="str", default=["https://127.0.0.1:2379"]),
+        cacert=dict(type="path"),
+        cert=dict(type="path"),
+        key=dict(type="path", no_log=False),
+        timeout=dict(type="int", default=30),
+    ))
+
+
+def client_from_params(connection, timeout=None):
+    """An EtcdClient from the ``etcd`` option's value (``timeout`` overrides its timeout)."""
+    return EtcdClient(connection["endpoints"], cacert=connection["cacert"], cert=connection["cert"],
+                      key=connection["key"], timeout=timeout or connection["timeout"])
+
+
 class EtcdError(Exception):
     """etcd could not be used; the message names the endpoint and what to fix."""
 

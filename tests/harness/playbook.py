@@ -95,6 +95,12 @@ class PlaybookRunner:
         inventory_file.write_text(yaml.safe_dump(inventory, sort_keys=False), encoding="utf-8")
         return self._run(["-i", str(inventory_file), str(playbook)], extra_vars, check, diff, timeout, json_output)
 
+    def local_inventory(self, groups):
+        """An inventory with localhost, connection local, as the only host of each of ``groups``."""
+        host = {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                              "ansible_async_dir": str(self.workdir / "async")}}
+        return {"all": {"children": {group: {"hosts": host} for group in groups}}}
+
     def _run(self, argv, extra_vars, check, diff, timeout, json_output=True):
         argv = [str(BIN / "ansible-playbook")] + argv
         if extra_vars:
