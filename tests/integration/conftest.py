@@ -65,9 +65,9 @@ def pytest_collection_modifyitems(items):
 def pytest_collection_finish(session):
     """Say so when pytest-xdist ignored the groups: every worker would start its own Keystone.
 
-    pytest-xdist marks a grouped test by appending ``@<group>`` to its node id,
-    which pytest 9.2 no longer lets it do (pytest-xdist#1386): hence the pin
-    on pytest in tests/requirements.txt.
+    pytest-xdist 3.8 marks a grouped test by appending ``@<group>`` to its node
+    id, which pytest 9.2 no longer lets it do: hence the pin on pytest in
+    tests/requirements.txt.
     """
     if not session.config.getoption("loadgroup", False):
         return
