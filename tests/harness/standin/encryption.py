@@ -142,7 +142,7 @@ class StaticKeyProvider:
         self.name = self.keys[0][0]
 
     def matches(self, stored):
-        return stored.provider_type == self.kind and any(name == stored.provider_name for name, _ in self.keys)
+        return stored.provider_type == self.kind and any(name == stored.provider_name for name, _material in self.keys)
 
     def read(self, stored, etcd_key):
         for index, (name, material) in enumerate(self.keys):
@@ -164,7 +164,7 @@ class StaticKeyProvider:
         return prefix + ciphers.secretbox_seal(material, plaintext)
 
     def describe(self):
-        return f"{self.kind} (keys {', '.join(name for name, _ in self.keys)})"
+        return f"{self.kind} (keys {', '.join(name for name, _material in self.keys)})"
 
 
 def _rpc_error(exc):
