@@ -35,7 +35,7 @@ from tests.harness.standin.metrics import StandinMetrics, id_hash
 from tests.harness.standin.process import StandinProcess
 
 # The daemon's package is importable once kmsapi is (it adds the daemon's sources to the path when needed).
-from teapot_kms_plugin import transport  # noqa: E402  pylint: disable=wrong-import-order,wrong-import-position
+from teapot_kms_plugin import keyservice, transport  # noqa: E402  pylint: disable=wrong-import-order,wrong-import-position
 
 storage = module_util("_kms_storage")
 
@@ -174,6 +174,9 @@ def test_writes_kms_v2_through_the_real_plugin(real_plugin, standin_factory, etc
     assert read.data["marker"] == "TUFSS0VSLWttcy0w"  # base64 of MARKER-kms-0
     assert [item.metadata.name for item in api.list_namespaced_secret("default").items] == sorted(names)
     assert plugin_calls(real_plugin, "Decrypt") == decrypts == 0
+    calls = {(labels["method_name"], labels["grpc_status_code"]): value
+             for labels, value in standin.metric_samples("apiserver_envelope_encryption_kms_operations_latency_seconds_count")}
+    assert calls[("Encrypt", "OK")] == 1 and ("Decrypt", "OK") not in calls and calls[("Status", "OK")] >= 1
 
     for name in names:
         key = f"{standin.etcd_prefix}/secrets/default/{name}"
@@ -357,13 +360,13 @@ class FixtureKeyService:
 
     def status(self):
         self.calls["Status"] += 1
-        return "v2", "ok", self.key_id
+        return keyservice.StatusResult("v2", "ok", self.key_id)
 
     def encrypt(self, plaintext):
         self.calls["Encrypt"] += 1
         nonce = os.urandom(12)
         annotations = dict(self.ANNOTATIONS, **{"kek.fixture.example.com": self.key_id.encode()})
-        return nonce + AESGCM(self.KEKS[self.key_id]).encrypt(nonce, plaintext, None), self.key_id, annotations
+        return keyservice.EncryptResult(nonce + AESGCM(self.KEKS[self.key_id]).encrypt(nonce, plaintext, None), self.key_id, annotations)
 
     def decrypt(self, ciphertext, key_id, annotations):  # pylint: disable=unused-argument
         self.calls["Decrypt"] += 1
