@@ -32,7 +32,7 @@ options:
         type: path
       key:
         description:
-          - The private key of O(etcd.cert); kubeadm: C(/etc/kubernetes/pki/apiserver-etcd-client.key).
+          - The private key of O(etcd.cert); kubeadm puts it at C(/etc/kubernetes/pki/apiserver-etcd-client.key).
         type: path
       timeout:
         description:
