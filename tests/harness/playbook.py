@@ -66,8 +66,8 @@ class PlaybookRunner:
         )
         return env
 
-    def run(self, tasks, extra_vars=None, check=False, diff=False, gather_facts=False, timeout=600):
-        """Run ``tasks`` (a list of task dicts) in one play against localhost."""
+    def run(self, tasks, extra_vars=None, check=False, diff=False, gather_facts=False, timeout=600, handlers=()):
+        """Run ``tasks`` (a list of task dicts) in one play; ``extra_vars`` go through a 0600 file."""
         self._count += 1
         play = [{
             "name": "teapot.kms test play",
@@ -76,24 +76,33 @@ class PlaybookRunner:
             "vars": {"ansible_python_interpreter": sys.executable},
             "tasks": tasks,
         }]
+        if handlers:
+            play[0]["handlers"] = list(handlers)
         playbook = self.workdir / f"play-{self._count}.yml"
         playbook.write_text(yaml.safe_dump(play, sort_keys=False), encoding="utf-8")
-        return self._ansible_playbook(["-i", "localhost,", "-c", "local", str(playbook)], extra_vars, check, diff, timeout)
+        argv = ["-i", "localhost,", "-c", "local", str(playbook)]
+        return self._run(argv, extra_vars, check, diff, timeout)
 
-    def run_playbook(self, playbook, groups, extra_vars=None, check=False, diff=False, timeout=600):
-        """Run ``playbook`` (a path or a collection's playbook such as ``teapot.kms.reencrypt``) with localhost,
-        connection local, as the only host of each of ``groups``."""
+    def run_playbook(self, playbook, inventory, extra_vars=None, check=False, diff=False, timeout=600, json_output=True):
+        """Run a playbook of the collection (``teapot.kms.verify``) or a path against ``inventory``.
+
+        ``inventory`` is a YAML inventory as a dict (groups, hosts, vars).  With
+        ``json_output=False`` the default callback writes what a user sees; the
+        results are then empty.
+        """
         self._count += 1
-        inventory = self.workdir / f"inventory-{self._count}.yml"
+        inventory_file = self.workdir / f"inventory-{self._count}.yml"
+        inventory_file.write_text(yaml.safe_dump(inventory, sort_keys=False), encoding="utf-8")
+        return self._run(["-i", str(inventory_file), str(playbook)], extra_vars, check, diff, timeout, json_output)
+
+    def local_inventory(self, groups):
+        """An inventory with localhost, connection local, as the only host of each of ``groups``."""
         host = {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
                               "ansible_async_dir": str(self.workdir / "async")}}
-        inventory.write_text(yaml.safe_dump({"all": {"children": {group: {"hosts": host} for group in groups}}}),
-                             encoding="utf-8")
-        return self._ansible_playbook(["-i", str(inventory), str(playbook)], extra_vars, check, diff, timeout)
+        return {"all": {"children": {group: {"hosts": host} for group in groups}}}
 
-    def _ansible_playbook(self, args, extra_vars, check, diff, timeout):
-        """``ansible-playbook`` with ``args``; ``extra_vars`` go through a 0600 file."""
-        argv = [str(BIN / "ansible-playbook"), *args]
+    def _run(self, argv, extra_vars, check, diff, timeout, json_output=True):
+        argv = [str(BIN / "ansible-playbook")] + argv
         if extra_vars:
             vars_file = self.workdir / f"vars-{self._count}.json"
             vars_file.touch(mode=0o600)
@@ -103,9 +112,13 @@ class PlaybookRunner:
             argv.append("--check")
         if diff:
             argv.append("--diff")
-        completed = subprocess.run(argv, capture_output=True, text=True, env=self.env(), cwd=self.workdir,
+        env = self.env()
+        if not json_output:
+            env["ANSIBLE_STDOUT_CALLBACK"] = "default"
+        completed = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=self.workdir,
                                    timeout=timeout, check=False)
-        return PlaybookRun(completed.returncode, completed.stdout, completed.stderr, _results(completed.stdout))
+        results = _results(completed.stdout) if json_output else []
+        return PlaybookRun(completed.returncode, completed.stdout, completed.stderr, results)
 
 
 def _results(stdout):

@@ -210,7 +210,7 @@ def test_plaintext_and_aescbc_objects_move_to_kms_v2(plugin, standin, etcd_e2e, 
     }
 
     # Interrupted: at 5 requests per second, Ansible's async timeout kills the module part-way through the Secrets.
-    interrupted = runner.run_playbook("teapot.kms.reencrypt", ["kube_control_plane"], extra_vars=dict(
+    interrupted = runner.run_playbook("teapot.kms.reencrypt", runner.local_inventory(["kube_control_plane"]), extra_vars=dict(
         playbook_vars, teapot_kms_reencrypt_qps=5, teapot_kms_reencrypt_page_size=10, teapot_kms_reencrypt_async_timeout=4))
     assert interrupted.returncode != 0
     assert interrupted.task(REENCRYPT_TASK)["msg"] == "Timeout exceeded"
@@ -285,7 +285,7 @@ def test_plaintext_and_aescbc_objects_move_to_kms_v2(plugin, standin, etcd_e2e, 
     assert old_values and encoded_marker in old_values[0]
     assert encoded_marker not in etcd.get(first_key)[0]
 
-    compacted = runner.run_playbook("teapot.kms.reencrypt", ["kube_control_plane"], extra_vars=dict(
+    compacted = runner.run_playbook("teapot.kms.reencrypt", runner.local_inventory(["kube_control_plane"]), extra_vars=dict(
         playbook_vars, teapot_kms_reencrypt_qps=0, teapot_kms_reencrypt_etcd_compact=True,
         teapot_kms_reencrypt_etcd_defragment=True, teapot_kms_reencrypt_etcd=etcd_options))
     assert compacted.returncode == 0, compacted.output[-3000:]
