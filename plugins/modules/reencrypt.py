@@ -103,7 +103,7 @@ options:
         revision (controllers, informers) get C(410 Gone) and list everything again, which loads the API servers
         for a while on a large cluster. The API server compacts on its own every few minutes anyway; this option
         only makes it happen now.
-      - Backups and snapshots of etcd taken before still hold the old values: rotate or destroy them separately.
+      - Backups and snapshots of etcd taken before still hold the old values. Rotate or destroy them separately.
     type: bool
     default: false
   etcd_defragment:

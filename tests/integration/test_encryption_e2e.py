@@ -226,7 +226,8 @@ def test_plaintext_and_aescbc_objects_move_to_kms_v2(plugin, standin, etcd_e2e, 
     # Resumed, while one object is changed and another deleted ahead of the run.
     resumed = {}
     thread = threading.Thread(target=lambda: resumed.setdefault("run", runner.run_playbook(
-        "teapot.kms.reencrypt", ["kube_control_plane"], extra_vars=dict(playbook_vars, teapot_kms_reencrypt_qps=10))))
+        "teapot.kms.reencrypt", runner.local_inventory(["kube_control_plane"]),
+        extra_vars=dict(playbook_vars, teapot_kms_reencrypt_qps=10))))
     thread.start()
     deadline = time.monotonic() + 120
     while secrets_done(read_state(state_file)) <= secrets_done(stopped) and time.monotonic() < deadline:
