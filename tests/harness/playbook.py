@@ -78,7 +78,23 @@ class PlaybookRunner:
         }]
         playbook = self.workdir / f"play-{self._count}.yml"
         playbook.write_text(yaml.safe_dump(play, sort_keys=False), encoding="utf-8")
-        argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)]
+        argv = ["-i", "localhost,", "-c", "local", str(playbook)]
+        return self._run(argv, extra_vars, check, diff, timeout)
+
+    def run_playbook(self, playbook, inventory, extra_vars=None, check=False, diff=False, timeout=600, json_output=True):
+        """Run a playbook of the collection (``teapot.kms.verify``) or a path against ``inventory``.
+
+        ``inventory`` is a YAML inventory as a dict (groups, hosts, vars).  With
+        ``json_output=False`` the default callback writes what a user sees; the
+        results are then empty.
+        """
+        self._count += 1
+        inventory_file = self.workdir / f"inventory-{self._count}.yml"
+        inventory_file.write_text(yaml.safe_dump(inventory, sort_keys=False), encoding="utf-8")
+        return self._run(["-i", str(inventory_file), str(playbook)], extra_vars, check, diff, timeout, json_output)
+
+    def _run(self, argv, extra_vars, check, diff, timeout, json_output=True):
+        argv = [str(BIN / "ansible-playbook")] + argv
         if extra_vars:
             vars_file = self.workdir / f"vars-{self._count}.json"
             vars_file.touch(mode=0o600)
@@ -88,9 +104,13 @@ class PlaybookRunner:
             argv.append("--check")
         if diff:
             argv.append("--diff")
-        completed = subprocess.run(argv, capture_output=True, text=True, env=self.env(), cwd=self.workdir,
+        env = self.env()
+        if not json_output:
+            env["ANSIBLE_STDOUT_CALLBACK"] = "default"
+        completed = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=self.workdir,
                                    timeout=timeout, check=False)
-        return PlaybookRun(completed.returncode, completed.stdout, completed.stderr, _results(completed.stdout))
+        results = _results(completed.stdout) if json_output else []
+        return PlaybookRun(completed.returncode, completed.stdout, completed.stderr, results)
 
 
 def _results(stdout):
