@@ -1,6 +1,6 @@
 """Latency and throughput of the KMS plugin over its unix socket, side by side with
 a no-op gRPC server (the floor) and the plugin fetching its key from Barbican on
-every call (``cache: {mode: per_call}``, the upstream plugin's design).
+every call (bench/kms_per_call_plugin.py, the upstream plugin's design).
 
 Starts a real Keystone and Barbican (simple_crypto, sqlite) through the test
 harness, orders a KEK, then for Status, Encrypt and Decrypt runs 1 and 8
@@ -59,18 +59,21 @@ def _calls(socket_path, method):
 def worker(spec):
     """Call ``spec["method"]`` on each target in turn, one time slice each, on a schedule shared by all workers.
 
-    Slice ``k`` starts at ``start_at + k * slice`` and belongs to target ``k % len(targets)``;
-    a call starts only inside its target's slice, so every worker (and any load from elsewhere
-    on the machine) moves from server to server together.
+    Once connected and warmed up, the worker says ``ready`` on stdout and reads ``start_at``
+    from stdin.  Slice ``k`` starts at ``start_at + k * slice`` and belongs to target
+    ``k % len(targets)``; a call starts only inside its target's slice, so every worker (and
+    any load from elsewhere on the machine) moves from server to server together.
     """
     targets = spec["targets"]
     clients = {name: _calls(path, spec["method"]) for name, path in targets}
+    print("ready", flush=True)
+    start_at = float(sys.stdin.readline())
     results = {name: {"latencies": [], "elapsed": 0.0} for name, _path in targets}
     slice_seconds = spec["slice"]
     for index in range(spec["slices"] * len(targets)):
         name = targets[index % len(targets)][0]
         call = clients[name][1]
-        begin = spec["start_at"] + index * slice_seconds
+        begin = start_at + index * slice_seconds
         end = begin + slice_seconds
         while time.time() < begin:
             time.sleep(0.0005)
@@ -94,10 +97,19 @@ def run_load(python, targets, method, clients, seconds, slice_seconds):
     target was under load.
     """
     slices = max(1, round(seconds / slice_seconds))
-    spec = {"targets": targets, "method": method, "slice": slice_seconds, "slices": slices,
-            "start_at": time.time() + 2.0 + 0.3 * clients}
-    procs = [subprocess.Popen([python, __file__, "--worker", json.dumps(spec)], stdout=subprocess.PIPE, text=True)
+    spec = {"targets": targets, "method": method, "slice": slice_seconds, "slices": slices}
+    procs = [subprocess.Popen([python, __file__, "--worker", json.dumps(spec)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for _client in range(clients)]
+    # Every worker is connected and warmed up before the schedule starts, however slow the
+    # machine (a per-call target spends its warm-up fetching from Barbican).
+    for proc in procs:
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"bench worker for {method} failed before it was ready ({proc.wait()})")
+    start_at = time.time() + 0.5
+    for proc in procs:
+        proc.stdin.write(f"{start_at}\n")
+        proc.stdin.flush()
     merged = {name: ([], slices * slice_seconds) for name, _path in targets}
     for proc in procs:
         out, _err = proc.communicate(timeout=seconds * len(targets) + 180)
@@ -169,15 +181,14 @@ def controller(args):
         noop = ManagedProcess("noop", [python, ROOT / "bench" / "kms_noop_server.py", noop_socket], logs / "noop.log").start()
         stack.callback(noop.stop)
         sockets["noop"] = noop_socket
-        for target, mode in (("plugin", "cached"), ("per_call", "per_call")):
+        for target, command in (("plugin", None), ("per_call", [python, ROOT / "bench" / "kms_per_call_plugin.py"])):
             config = {
                 "barbican": password_barbican_section(keystone.plugin_user, tmp / target / "secrets"),
                 "keys": [href],
-                "cache": {"mode": mode},
                 "metrics": {"listen": f"127.0.0.1:{free_port()}"},
                 "log_level": "warning",
             }
-            plugin = PluginProcess(venv, tmp / target, config, name=target).start()
+            plugin = PluginProcess(venv, tmp / target, config, name=target, command=command).start()
             stack.callback(plugin.stop)
             sockets[target] = plugin.socket
         results = {}

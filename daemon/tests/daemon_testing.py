@@ -32,6 +32,20 @@ class DictFetcher:
             raise keyring.FetchError(f"no secret {ref.uuid}", "not_found") from None
 
 
+class SurprisingFetcher:
+    """Raises what no fetcher should (a bug, not a Barbican error), quoting a secret, then recovers."""
+
+    def __init__(self, inner, failures):
+        self.inner = inner
+        self.failures = failures
+
+    def __call__(self, ref):
+        if self.failures:
+            self.failures -= 1
+            raise TypeError("secret-material-89ab")
+        return self.inner(ref)
+
+
 class FakeClock:
     """A monotonic clock the test moves by hand, for staleness rules."""
 

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 from daemon_testing import FakeClock
+from daemon_testing import SurprisingFetcher
 
 from teapot_kms_plugin import keyring
 from teapot_kms_plugin import proto
@@ -220,16 +221,6 @@ def test_background_refresh_retries_until_loaded(fetcher):
         cache.stop()
 
 
-def test_per_call_mode_fetches_every_time(fetcher):
-    ref = fetcher.add()
-    keys = keyring.PerCallKeys([ref], fetcher)
-    key_service = keyservice.KeyService(keys)
-    ciphertext, key_id, annotations = key_service.encrypt(SEED)
-    before = fetcher.calls
-    assert key_service.decrypt(ciphertext, key_id, annotations) == SEED
-    assert fetcher.calls == before + 1
-
-
 @pytest.mark.parametrize("text", [
     "not-a-uuid", "http://example/v1/orders/0f6e2f5a-8a51-4f4e-8f27-8c1f7d3b2a10", "ftp://h/v1/secrets/0f6e2f5a-8a51-4f4e-8f27-8c1f7d3b2a10", "", 5,
 ])
@@ -318,38 +309,32 @@ def _framing(ciphertext):
     return info.value
 
 
-class _SurprisingFetcher:
-    """Raises what no fetcher should (a bug, not a Barbican error), quoting a secret, then recovers."""
-
-    def __init__(self, inner, failures):
-        self.inner = inner
-        self.failures = failures
-
-    def __call__(self, ref):
-        if self.failures:
-            self.failures -= 1
-            raise TypeError("secret-material-89ab")
-        return self.inner(ref)
-
-
 def test_unexpected_fetch_error_is_reported_by_type_only(fetcher):
     ref = fetcher.add()
-    cache = keyring.KeyCache([ref], _SurprisingFetcher(fetcher, 1), refresh_interval=10, max_stale=100)
+    cache = keyring.KeyCache([ref], SurprisingFetcher(fetcher, 1), refresh_interval=10, max_stale=100)
     errors = cache.refresh()
     assert errors == {ref.key_id: f"fetching secret {ref.ref} failed: unexpected TypeError"}
     healthy, healthz, _key_id = cache.status()
     assert not healthy and "TypeError" in healthz and "secret-material" not in healthz
-    per_call = keyring.PerCallKeys([ref], _SurprisingFetcher(fetcher, 1))
-    error = _refused(keyservice.KeyService(per_call).encrypt, SEED)
-    assert error.code == keyservice.UNAVAILABLE and "TypeError" in str(error) and "secret-material" not in str(error)
 
 
 def test_background_refresh_survives_a_surprise(fetcher):
     ref = fetcher.add()
-    cache = keyring.KeyCache([ref], _SurprisingFetcher(fetcher, 3), refresh_interval=5, max_stale=100, retry_interval=0.02)
+    cache = keyring.KeyCache([ref], SurprisingFetcher(fetcher, 3), refresh_interval=5, max_stale=100, retry_interval=0.02)
     cache.refresh()
     cache.start()
     try:
         _assert_turns_healthy(cache, ref)
     finally:
         cache.stop()
+
+
+def test_results_are_named(key_service, two_keys):
+    made = key_service.encrypt(SEED)
+    assert made.key_id == two_keys.primary_ref.key_id and made.annotations == wrapping.annotations()
+    assert key_service.decrypt(made.ciphertext, made.key_id, made.annotations) == SEED
+    answer = key_service.status()
+    assert (answer.version, answer.healthz, answer.key_id) == ("v2", "ok", made.key_id)
+    state = two_keys.status()
+    assert state.healthy and state.key_id == made.key_id
+    assert two_keys.primary().ref == two_keys.primary_ref

@@ -27,8 +27,10 @@ else:
     HAS_CLIENT_LIBS = True
     CLIENT_LIBS_IMPORT_ERROR = None
 
-# The plugin daemon reports this prefix followed by the secret's UUID
-# (daemon/src/teapot_kms_plugin/wrapping.py:key_id_for).
+# The key_id rule is the daemon's (daemon/src/teapot_kms_plugin/wrapping.py:key_id_for): this
+# prefix, then the secret's UUID.  Mirrored here only for modules that run where the daemon is not
+# installed (barbican_key on the controller); tests/unit/plugins/modules/test_barbican_key.py
+# (test_key_id_rule_is_the_daemons) holds the two together.
 KEY_ID_PREFIX = "barbican:"
 PAYLOAD_CONTENT_TYPE = "application/octet-stream"
 PAGE_SIZE = 100

@@ -8,8 +8,8 @@ It speaks to etcd's JSON gateway (``POST /v3/kv/range`` and friends), which
 every etcd 3.4 or newer serves on its client URLs next to gRPC, with the TLS
 client certificate the kube-apiserver uses.  So a control-plane host needs
 nothing beyond Python's standard library: no etcdctl binary (kubeadm keeps it
-inside the etcd container) and no client package.  One TLS connection per
-endpoint and thread is kept alive between calls.
+inside the etcd container) and no client package.  TLS connections are kept
+alive between calls (a small pool per endpoint, safe to share between threads).
 
 Keys are ``str`` (decoded with ``surrogateescape``, so that any key read can
 be written back), values ``bytes``.  Every failure raises ``EtcdError`` with a
@@ -17,6 +17,8 @@ message that names the endpoint and says what to fix.
 """
 
 import base64
+import binascii
+import concurrent.futures
 import http.client
 import json
 import socket
@@ -30,6 +32,23 @@ _API = "/v3"
 _OUT_OF_RANGE = 11
 _PERMISSION_DENIED = 7
 _UNAUTHENTICATED = 16
+
+
+def etcd_argument_spec():
+    """The ``etcd`` option of the modules that talk to etcd (documented by the teapot.kms.etcd fragment)."""
+    return dict(type="dict", default={}, options=dict(
+        endpoints=dict(type="list", elements="str", default=["https://127.0.0.1:2379"]),
+        cacert=dict(type="path"),
+        cert=dict(type="path"),
+        key=dict(type="path", no_log=False),
+        timeout=dict(type="int", default=30),
+    ))
+
+
+def client_from_params(connection, timeout=None):
+    """An EtcdClient from the ``etcd`` option's value (``timeout`` overrides its timeout)."""
+    return EtcdClient(connection["endpoints"], cacert=connection["cacert"], cert=connection["cert"],
+                      key=connection["key"], timeout=timeout or connection["timeout"])
 
 
 class EtcdError(Exception):
@@ -51,6 +70,10 @@ _CLOSED_MEANWHILE = (http.client.RemoteDisconnected, BrokenPipeError, Connection
 
 def _b64(data):
     return base64.b64encode(data).decode("ascii")
+
+
+# binascii directly: base64.b64decode's argument checks cost as much as the decoding of a typical value.
+_a2b = binascii.a2b_base64
 
 
 def _key_bytes(key):
@@ -106,7 +129,8 @@ class EtcdClient:
         self._context = None
         if any(endpoint.scheme == "https" for endpoint in self.endpoints):
             self._context = self._tls_context()
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._idle = {}
         self._preferred = 0
 
     def _tls_context(self):
@@ -136,30 +160,32 @@ class EtcdClient:
 
     # -- transport ---------------------------------------------------------
 
-    def _connection(self, endpoint):
-        connections = self._local.__dict__.setdefault("connections", {})
-        connection = connections.get(endpoint.url)
-        if connection is None:
-            if endpoint.scheme == "https":
-                connection = http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=self.timeout, context=self._context)
-            else:
-                connection = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout)
-            connections[endpoint.url] = connection
-        return connection
+    def _take_connection(self, endpoint):
+        """An idle kept-alive connection to ``endpoint``, or a new (not yet connected) one."""
+        with self._lock:
+            idle = self._idle.get(endpoint.url)
+            if idle:
+                return idle.pop()
+        if endpoint.scheme == "https":
+            return http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=self.timeout, context=self._context)
+        return http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout)
 
-    def _drop_connection(self, endpoint):
-        connection = self._local.__dict__.get("connections", {}).pop(endpoint.url, None)
-        if connection is not None:
-            connection.close()
+    def _give_back(self, endpoint, connection):
+        with self._lock:
+            self._idle.setdefault(endpoint.url, []).append(connection)
 
     def close(self):
-        for connection in self._local.__dict__.pop("connections", {}).values():
-            connection.close()
+        """Close the idle connections (the client stays usable: it reconnects when asked again)."""
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                connection.close()
 
     def _exchange(self, endpoint, path, body):
         """One POST; a kept-alive connection that the server closed meanwhile is reopened once."""
         for attempt in (1, 2):
-            connection = self._connection(endpoint)
+            connection = self._take_connection(endpoint)
             reused = connection.sock is not None
             try:
                 if not reused:
@@ -169,18 +195,23 @@ class EtcdClient:
                         raise _TransportFailure(exc, during_handshake=True) from None
                 connection.request("POST", _API + path, body=body, headers={"Content-Type": "application/json"})
                 response = connection.getresponse()
-                return response.status, response.read()
+                payload = response.read()
             except _TransportFailure:
-                self._drop_connection(endpoint)
+                connection.close()
                 raise
             except (OSError, http.client.HTTPException) as exc:
-                self._drop_connection(endpoint)
+                connection.close()
                 if reused and attempt == 1 and isinstance(exc, _CLOSED_MEANWHILE):
                     continue
                 raise _TransportFailure(exc, during_handshake=False) from None
             except BaseException:
-                self._drop_connection(endpoint)
+                connection.close()
                 raise
+            if response.will_close:
+                connection.close()
+            else:
+                self._give_back(endpoint, connection)
+            return response.status, payload
         raise AssertionError("unreachable")
 
     def _transport_error(self, endpoint, failure):
@@ -271,26 +302,33 @@ class EtcdClient:
 
         Every page is read at one revision (the first page's, or ``revision``),
         so the pages are one consistent snapshot.  With ``keys_only`` values are b"".
+        While the caller works on a page, the next one is already being read.
         """
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
-        start = _key_bytes(prefix)
-        end = prefix_range_end(start)
-        revision = int(revision or 0)
-        while True:
-            request = {"key": _b64(start), "range_end": _b64(end), "limit": page_size, "revision": revision}
+        end = _b64(prefix_range_end(_key_bytes(prefix)))
+        pinned = int(revision or 0)
+
+        def fetch(start):
+            request = {"key": _b64(start), "range_end": end, "limit": page_size, "revision": pinned}
             if keys_only:
                 request["keys_only"] = True
-            answer = self._call("/kv/range", request)
-            if not revision:
-                revision = int(answer["header"]["revision"])
-            page = [(_key_str(base64.b64decode(kv["key"])), base64.b64decode(kv.get("value", "")), int(kv.get("mod_revision", 0)))
-                    for kv in answer.get("kvs", ())]
-            if page:
-                yield page
-            if not answer.get("more") or not page:
-                return
-            start = _key_bytes(page[-1][0]) + b"\x00"
+            return self._call("/kv/range", request)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as reader:
+            answer = fetch(_key_bytes(prefix))
+            while True:
+                if not pinned:
+                    pinned = int(answer["header"]["revision"])
+                kvs = answer.get("kvs") or ()
+                following = None
+                if answer.get("more") and kvs:
+                    following = reader.submit(fetch, _a2b(kvs[-1]["key"]) + b"\x00")
+                if kvs:
+                    yield [(_key_str(_a2b(kv["key"])), _a2b(kv.get("value", "")), int(kv.get("mod_revision", 0))) for kv in kvs]
+                if following is None:
+                    return
+                answer = following.result()
 
     def get(self, key):
         """``(value, mod_revision)`` of ``key``, or None when it does not exist."""
@@ -298,7 +336,7 @@ class EtcdClient:
         kvs = answer.get("kvs")
         if not kvs:
             return None
-        return base64.b64decode(kvs[0].get("value", "")), int(kvs[0].get("mod_revision", 0))
+        return _a2b(kvs[0].get("value", "")), int(kvs[0].get("mod_revision", 0))
 
     def put(self, key, value):
         """Write ``value`` at ``key``; return the new revision."""

@@ -176,11 +176,11 @@ def _parse_kms_v2(name, payload):
     if not HAS_PROTOBUF:
         raise StorageFormatError("KMS v2 value, but the Python library protobuf is not installed on this host: "
                                  "install it (python3-protobuf on Debian and Ubuntu) to read the key_id")
-    message = EncryptedObject()
     try:
-        message.ParseFromString(payload)
-    except protobuf_message.DecodeError as exc:
-        raise StorageFormatError(f"KMS v2 value whose EncryptedObject does not decode ({exc})") from None
+        message = EncryptedObject.FromString(payload)
+    except (protobuf_message.DecodeError, UnicodeDecodeError) as exc:
+        # upb reports invalid UTF-8 in keyID as a DecodeError, the pure-Python parser as UnicodeDecodeError.
+        raise StorageFormatError(f"KMS v2 value whose EncryptedObject does not decode ({type(exc).__name__})") from None
     source_type = message.encryptedDEKSourceType
     if source_type not in _DEK_SOURCE_TYPES:
         raise StorageFormatError(f"KMS v2 value with an unknown encryptedDEKSourceType {source_type}")
@@ -189,24 +189,34 @@ def _parse_kms_v2(name, payload):
     key_id = message.keyID
     if not key_id:
         raise StorageFormatError("KMS v2 value with an empty keyID")
-    if len(key_id.encode("utf-8")) > MAX_KEY_ID_BYTES:
+    if len(key_id) > MAX_KEY_ID_BYTES // 4 and len(key_id.encode("utf-8")) > MAX_KEY_ID_BYTES:
         raise StorageFormatError(f"KMS v2 value whose keyID exceeds {MAX_KEY_ID_BYTES} bytes")
     dek_source = message.encryptedDEKSource
     if not dek_source:
         raise StorageFormatError("KMS v2 value with an empty encryptedDEKSource")
     if len(dek_source) > MAX_ENCRYPTED_DEK_SOURCE_BYTES:
         raise StorageFormatError(f"KMS v2 value whose encryptedDEKSource exceeds {MAX_ENCRYPTED_DEK_SOURCE_BYTES} bytes")
-    annotations = dict(message.annotations)
+    stored_annotations = message.annotations
+    # A comprehension over the map is twice as fast as dict(map) with upb.
+    annotations = {key: stored_annotations[key] for key in stored_annotations}
     _check_annotations(annotations)
     return StoredValue("kms-v2", name, key_id, annotations, source_type, dek_source, message.encryptedData)
+
+
+# Annotation keys already found to be domain names: a plugin uses the same few keys on every object.
+_VALID_ANNOTATION_KEYS = set()
+_MAX_REMEMBERED_KEYS = 1024
 
 
 def _check_annotations(annotations):
     total = 0
     for key, value in annotations.items():
-        if len(key) > 253 or not _FQDN.match(key):
-            raise StorageFormatError(f"KMS v2 value with an annotation key that is not a fully qualified domain name: {key[:80]!r}")
-        total += len(key.encode("utf-8")) + len(value)
+        if key not in _VALID_ANNOTATION_KEYS:
+            if len(key) > 253 or not _FQDN.fullmatch(key):
+                raise StorageFormatError(f"KMS v2 value with an annotation key that is not a fully qualified domain name: {key[:80]!r}")
+            if len(_VALID_ANNOTATION_KEYS) < _MAX_REMEMBERED_KEYS:
+                _VALID_ANNOTATION_KEYS.add(key)
+        total += len(key) + len(value)  # the regex admits ASCII only: characters are bytes
     if total > MAX_ANNOTATIONS_BYTES:
         raise StorageFormatError(f"KMS v2 value whose annotations exceed {MAX_ANNOTATIONS_BYTES} bytes")
 
@@ -237,7 +247,8 @@ def parse_stored_value(value):
 
     Nothing is decrypted and no reason quotes the value's content.
     """
-    value = bytes(value)
+    if type(value) is not bytes:  # pylint: disable=unidiomatic-typecheck
+        value = bytes(value)
     if not value:
         raise StorageFormatError("empty value")
     if value.startswith(ENCRYPTED_PREFIX):
@@ -289,7 +300,7 @@ def encode_kms_v2(provider_name, encrypted_data, key_id, encrypted_dek_source, a
 
 
 def _split_resource(resource):
-    if not isinstance(resource, str) or not _RESOURCE.match(resource):
+    if not isinstance(resource, str) or not _RESOURCE.fullmatch(resource):
         raise ValueError(f"{resource!r} is not a Kubernetes resource name: give the plural, lower case, with the API "
                          "group for resources outside the core group (secrets, configmaps, widgets.example.com); "
                          "wildcards are not accepted")

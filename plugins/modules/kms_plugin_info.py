@@ -10,8 +10,9 @@ version_added: 0.1.0
 description:
   - Calls the plugin's KMS v2 C(Status) over its unix socket (C(teapot-kms-plugin status)) and reports
     C(healthz), C(key_id) and C(version).
-  - Reads the plugin's configuration for the configured keys (as key_ids, primary first) and its metrics
-    endpoint for the keys currently loaded in memory.
+  - Asks the plugin what its configuration means (C(teapot-kms-plugin inspect)) for its socket, the configured
+    keys (as key_ids, primary first) and its metrics endpoint, and reads that endpoint for the keys currently
+    loaded in memory.
   - Reports the systemd state of the plugin's service.
 extends_documentation_fragment:
   - teapot.kms.attributes.INFO_MODULE
@@ -24,6 +25,8 @@ options:
   config:
     description:
       - The plugin's configuration file. Its C(socket) is used when O(socket) is not set.
+      - When the plugin cannot read it, the result has a warning that says why, and without O(socket)
+        no Status is asked.
     type: path
     default: /etc/teapot-kms/kms-plugin.yaml
   socket:
@@ -86,7 +89,7 @@ status:
       type: str
       sample: v2
 socket:
-  description: The socket that was asked.
+  description: The socket that was asked; empty when neither O(socket) nor the configuration gives one.
   returned: always
   type: str
   sample: /run/teapot-kms/kms.sock
@@ -137,20 +140,6 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
-from ansible_collections.teapot.kms.plugins.module_utils._barbican import key_id_for
-
-# Errors name only the exception type: a YAML error quotes the file, which may hold a password.
-_CONFIG_READER = """
-import json, sys
-try:
-    import yaml
-    with open(sys.argv[1], encoding='utf-8') as handle:
-        data = yaml.safe_load(handle) or {}
-except Exception as exc:
-    raise SystemExit(type(exc).__name__)
-json.dump(data, sys.stdout)
-"""
-_AGE_METRIC = re.compile(r'^teapot_kms_key_cache_age_seconds\{key_id="([^"]+)"\}\s', re.MULTILINE)
 
 
 class PluginInfo:
@@ -159,26 +148,32 @@ class PluginInfo:
         self.params = module.params
         self.warnings = []
 
-    def read_config(self):
-        """The plugin's config, parsed by the venv's own Python (which has PyYAML)."""
+    def inspect(self):
+        """What the plugin makes of its config (``teapot-kms-plugin inspect``); {} when it cannot tell."""
         path = self.params["config"]
-        if not path or not os.path.exists(path):
+        command = self.params["command"]
+        if not path or not os.path.exists(path) or not os.path.exists(command):
             return {}
-        python = os.path.join(os.path.dirname(self.params["command"]), "python")
-        if not os.path.exists(python):
-            self.warnings.append(f"cannot read {path}: {python} does not exist")
+        rc, out, err = self.module.run_command([command, "inspect", "--config", path])
+        try:
+            report = json.loads(out) if rc == 0 else None
+        except ValueError:
+            report = None
+        if not isinstance(report, dict):
+            # The plugin's one-line refusal (exit 2) names the field and never quotes a secret; anything
+            # else (a traceback) is not known to be free of secrets.
+            refusal = err.strip() if rc == 2 and err.startswith("teapot-kms-plugin: ") and "\n" not in err.strip() else ""
+            self.warnings.append(f"cannot read {path}: {refusal or f'teapot-kms-plugin inspect failed with exit code {rc}'}")
             return {}
-        rc, out, err = self.module.run_command([python, "-c", _CONFIG_READER, path])
-        if rc != 0:
-            self.warnings.append(f"cannot read {path}: {err.strip().splitlines()[-1] if err.strip() else rc}")
-            return {}
-        config = json.loads(out)
-        return config if isinstance(config, dict) else {}
+        return report
 
     def status(self, socket):
         command = self.params["command"]
         if not os.path.exists(command):
             return {"reachable": False, "healthy": False, "healthz": f"{command} does not exist", "key_id": "", "version": ""}
+        if not socket:
+            return {"reachable": False, "healthy": False, "key_id": "", "version": "",
+                    "healthz": f"no socket to ask: set socket, or give a readable config (now {self.params['config']})"}
         rc, out, err = self.module.run_command([command, "status", "--socket", socket, "--timeout", str(self.params["timeout"])])
         try:
             answer = json.loads(out)
@@ -194,32 +189,18 @@ class PluginInfo:
             "version": answer.get("version", ""),
         }
 
-    @staticmethod
-    def configured_key_ids(config):
-        key_ids = []
-        for entry in config.get("keys") or []:
-            try:
-                key_ids.append(key_id_for(str(entry)))
-            except ValueError:
-                key_ids.append(None)
-        return key_ids
-
-    def loaded_key_ids(self, config):
-        listen = (config.get("metrics") or {}).get("listen", "127.0.0.1:9464")
-        if not listen:
+    def loaded_key_ids(self, metrics):
+        if not metrics:
             return None
-        host, _sep, port = str(listen).rpartition(":")
-        host = host.strip("[]")
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        url = f"http://[{host}]:{port}/metrics" if ":" in host else f"http://{host}:{port}/metrics"
+        url = metrics["url"]
         try:
             response = open_url(url, timeout=self.params["timeout"], validate_certs=False, use_proxy=False)
             text = response.read().decode("utf-8", "replace")
         except (OSError, ValueError) as exc:
             self.warnings.append(f"cannot read the plugin's metrics at {url}: {exc}")
             return None
-        return sorted(set(_AGE_METRIC.findall(text)))
+        age = re.compile(rf'^{re.escape(metrics["names"]["key_cache_age"])}\{{key_id="([^"]+)"\}}\s', re.MULTILINE)
+        return sorted(set(age.findall(text)))
 
     def service(self):
         name = self.params["service"]
@@ -252,14 +233,14 @@ class PluginInfo:
         }
 
     def run(self):
-        config = self.read_config()
-        socket = self.params["socket"] or config.get("socket") or "/run/teapot-kms/kms.sock"
+        report = self.inspect()
+        socket = self.params["socket"] or report.get("socket") or ""
         result = {
             "changed": False,
             "socket": socket,
             "status": self.status(socket),
-            "configured_key_ids": self.configured_key_ids(config),
-            "loaded_key_ids": self.loaded_key_ids(config) if config else None,
+            "configured_key_ids": [key["key_id"] for key in report.get("keys", [])],
+            "loaded_key_ids": self.loaded_key_ids(report.get("metrics")),
             "service": self.service(),
         }
         for warning in self.warnings:

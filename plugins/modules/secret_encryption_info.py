@@ -22,38 +22,8 @@ description:
     etcd client package; it must be able to read those certificates (a control-plane node, as root).
 extends_documentation_fragment:
   - teapot.kms.attributes.INFO_MODULE
+  - teapot.kms.etcd
 options:
-  etcd:
-    description:
-      - How to reach etcd.
-    type: dict
-    default: {}
-    suboptions:
-      endpoints:
-        description:
-          - Client URLs of etcd members, tried in order until one answers.
-        type: list
-        elements: str
-        default: [https://127.0.0.1:2379]
-      cacert:
-        description:
-          - The CA certificate that signed etcd's server certificate. The system's CAs when not set.
-          - kubeadm puts it at C(/etc/kubernetes/pki/etcd/ca.crt).
-        type: path
-      cert:
-        description:
-          - The client certificate etcd accepts; kubeadm gives kube-apiserver
-            C(/etc/kubernetes/pki/apiserver-etcd-client.crt).
-        type: path
-      key:
-        description:
-          - The private key of O(etcd.cert); kubeadm: C(/etc/kubernetes/pki/apiserver-etcd-client.key).
-        type: path
-      timeout:
-        description:
-          - Seconds to wait for each answer from etcd.
-        type: int
-        default: 30
   resources:
     description:
       - The resources to audit, named as in an EncryptionConfiguration C(resources) list - the plural,
@@ -110,8 +80,6 @@ requirements:
     to read KMS v2 values
   - etcd 3.4 or newer with its JSON gateway on (the default; C(--enable-grpc-gateway))
 notes:
-  - etcd's own user authentication (C(etcdctl auth enable)) is not supported; kubeadm clusters authenticate
-    with client certificates only.
   - An object created or rewritten after the audit's revision is not seen; RV(revision) says which one was read.
 seealso:
   - module: teapot.kms.kms_plugin_info
@@ -227,7 +195,7 @@ revision:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.teapot.kms.plugins.module_utils._encryption_audit import Expectation, audit
-from ansible_collections.teapot.kms.plugins.module_utils._etcd import EtcdClient, EtcdError
+from ansible_collections.teapot.kms.plugins.module_utils._etcd import EtcdError, client_from_params, etcd_argument_spec
 from ansible_collections.teapot.kms.plugins.module_utils._kms_storage import (
     HAS_PROTOBUF,
     PROTOBUF_IMPORT_ERROR,
@@ -248,8 +216,7 @@ def run(module):
     connection = params["etcd"]
     expectation = Expectation(params["expected_provider_type"], params["expected_provider"], params["expected_key_id"])
     try:
-        client = EtcdClient(connection["endpoints"], cacert=connection["cacert"], cert=connection["cert"],
-                            key=connection["key"], timeout=connection["timeout"])
+        client = client_from_params(connection)
         try:
             result = audit(client, params["resources"], expectation, list_all=params["list"] == "all",
                            page_size=params["page_size"], etcd_prefix=params["etcd_prefix"])
@@ -277,13 +244,7 @@ def run(module):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            etcd=dict(type="dict", default={}, options=dict(
-                endpoints=dict(type="list", elements="str", default=["https://127.0.0.1:2379"]),
-                cacert=dict(type="path"),
-                cert=dict(type="path"),
-                key=dict(type="path", no_log=False),
-                timeout=dict(type="int", default=30),
-            )),
+            etcd=etcd_argument_spec(),
             resources=dict(type="list", elements="str", default=["secrets"]),
             etcd_prefix=dict(type="str", default="/registry"),
             expected_provider_type=dict(type="str", default="kms-v2", choices=list(PROVIDER_TYPES)),

@@ -11,6 +11,7 @@ import pathlib
 import platform
 import shutil
 
+from tests.harness.collection import make_importable
 from tests.harness.pki import TestCA
 from tests.harness.procs import ManagedProcess, free_port, wait_for_port
 
@@ -91,6 +92,14 @@ class EtcdServer:
         """The connection options of teapot.kms modules (``etcd:``) for this server."""
         return {"endpoints": list(self.endpoints), "cacert": _str(self.ca_path), "cert": _str(self.client_cert),
                 "key": _str(self.client_key)}
+
+    def client(self, **overrides):
+        """The collection's own etcd client (module_utils/_etcd.py) for this server; ``overrides`` replace client_options()."""
+        make_importable()
+        # pylint: disable-next=import-outside-toplevel
+        from ansible_collections.teapot.kms.plugins.module_utils._etcd import EtcdClient
+
+        return EtcdClient(**dict(self.client_options(), **overrides))
 
     def etcdctl_env(self):
         """Environment for ``etcdctl`` (API v3) aimed at this server."""

@@ -66,7 +66,7 @@ class PlaybookRunner:
         )
         return env
 
-    def run(self, tasks, extra_vars=None, check=False, diff=False, gather_facts=False, timeout=600):
+    def run(self, tasks, extra_vars=None, check=False, diff=False, gather_facts=False, timeout=600, handlers=()):
         """Run ``tasks`` (a list of task dicts) in one play; ``extra_vars`` go through a 0600 file."""
         self._count += 1
         play = [{
@@ -76,6 +76,8 @@ class PlaybookRunner:
             "vars": {"ansible_python_interpreter": sys.executable},
             "tasks": tasks,
         }]
+        if handlers:
+            play[0]["handlers"] = list(handlers)
         playbook = self.workdir / f"play-{self._count}.yml"
         playbook.write_text(yaml.safe_dump(play, sort_keys=False), encoding="utf-8")
         argv = ["-i", "localhost,", "-c", "local", str(playbook)]
@@ -92,6 +94,12 @@ class PlaybookRunner:
         inventory_file = self.workdir / f"inventory-{self._count}.yml"
         inventory_file.write_text(yaml.safe_dump(inventory, sort_keys=False), encoding="utf-8")
         return self._run(["-i", str(inventory_file), str(playbook)], extra_vars, check, diff, timeout, json_output)
+
+    def local_inventory(self, groups):
+        """An inventory with localhost, connection local, as the only host of each of ``groups``."""
+        host = {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                              "ansible_async_dir": str(self.workdir / "async")}}
+        return {"all": {"children": {group: {"hosts": host} for group in groups}}}
 
     def _run(self, argv, extra_vars, check, diff, timeout, json_output=True):
         argv = [str(BIN / "ansible-playbook")] + argv

@@ -107,9 +107,12 @@ def first_status(creds, keys, base_dir, region_name):
 
 
 class PluginProcess:
-    """``teapot-kms-plugin serve`` on a socket in ``base_dir``, with its config file."""
+    """``teapot-kms-plugin serve`` on a socket in ``base_dir``, with its config file.
 
-    def __init__(self, venv, base_dir, config, name="kms-plugin"):
+    ``command`` replaces ``teapot-kms-plugin`` (the benchmark's per-call variant).
+    """
+
+    def __init__(self, venv, base_dir, config, name="kms-plugin", command=None):
         self.venv = pathlib.Path(venv)
         self.base_dir = pathlib.Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +121,8 @@ class PluginProcess:
         self.socket = self.config["socket"]
         self.config_path = self.base_dir / "kms-plugin.yaml"
         self.log_path = self.base_dir / f"{name}.log"
-        self.process = ManagedProcess(name, [self.venv / "bin" / "teapot-kms-plugin", "serve", "--config", self.config_path],
+        command = command or [self.venv / "bin" / "teapot-kms-plugin"]
+        self.process = ManagedProcess(name, [*command, "serve", "--config", self.config_path],
                                       self.log_path, env=self._env())
         self.write_config()
 

@@ -16,11 +16,6 @@ from ansible_collections.teapot.kms.plugins.module_utils._etcd import EtcdClient
 pytestmark = pytest.mark.slow
 
 
-def _client(server, **overrides):
-    options = dict(server.client_options(), **overrides)
-    return EtcdClient(options.pop("endpoints"), **options)
-
-
 def _prefix():
     return f"/teapot-test/{uuid.uuid4().hex}/"
 
@@ -34,7 +29,7 @@ def test_prefix_range_end():
 @pytest.mark.parametrize("server_name", ["etcd", "etcd_tls"])
 def test_key_value_operations(request, server_name):
     server = request.getfixturevalue(server_name)
-    client = _client(server)
+    client = server.client()
     prefix = _prefix()
     key = prefix + "k"
     assert client.get(key) is None
@@ -52,7 +47,7 @@ def test_key_value_operations(request, server_name):
 
 
 def test_range_pages_are_one_snapshot(etcd_tls):
-    client = _client(etcd_tls)
+    client = etcd_tls.client()
     prefix = _prefix()
     keys = [f"{prefix}{number:03d}" for number in range(23)]
     for key in keys:
@@ -74,7 +69,7 @@ def test_range_pages_are_one_snapshot(etcd_tls):
 
 
 def test_compact_defragment_and_compacted_snapshot(etcd):
-    client = _client(etcd)
+    client = etcd.client()
     prefix = _prefix()
     for number in range(4):
         client.put(f"{prefix}{number}", b"v")
@@ -88,42 +83,42 @@ def test_compact_defragment_and_compacted_snapshot(etcd):
 
 def test_failover_to_the_next_endpoint(etcd_tls):
     dead = f"https://127.0.0.1:{free_port()}"
-    client = _client(etcd_tls, endpoints=[dead] + etcd_tls.endpoints)
+    client = etcd_tls.client(endpoints=[dead] + etcd_tls.endpoints)
     assert client.revision() > 0
 
 
 def test_unreachable(etcd_tls):
     dead = f"https://127.0.0.1:{free_port()}"
     with pytest.raises(EtcdError) as raised:
-        _client(etcd_tls, endpoints=[dead]).revision()
+        etcd_tls.client(endpoints=[dead]).revision()
     assert str(raised.value) == f"cannot reach etcd at {dead}: connection refused: check that etcd runs there and that the address and port are right"
     with pytest.raises(EtcdError, match="at any endpoint: .*refused.*; .*refused"):
-        _client(etcd_tls, endpoints=[dead, f"https://127.0.0.1:{free_port()}"]).revision()
+        etcd_tls.client(endpoints=[dead, f"https://127.0.0.1:{free_port()}"]).revision()
 
 
 def test_wrong_certificates(etcd_tls):
     with pytest.raises(EtcdError, match=r"refuses the client certificate .*client\.crt.*trusted-ca-file"):
-        _client(etcd_tls, cert=str(etcd_tls.foreign_client_cert), key=str(etcd_tls.foreign_client_key)).revision()
+        etcd_tls.client(cert=str(etcd_tls.foreign_client_cert), key=str(etcd_tls.foreign_client_key)).revision()
     with pytest.raises(EtcdError, match=r"demands a client certificate: set cert and key"):
-        _client(etcd_tls, cert=None, key=None).revision()
+        etcd_tls.client(cert=None, key=None).revision()
     with pytest.raises(EtcdError, match=r"server's TLS certificate is not trusted .*set cacert"):
-        _client(etcd_tls, cacert=str(etcd_tls.foreign_ca_path)).revision()
+        etcd_tls.client(cacert=str(etcd_tls.foreign_ca_path)).revision()
     with pytest.raises(EtcdError, match=r"key .*client\.key does not belong to the certificate .*apiserver-etcd-client\.crt"):
-        _client(etcd_tls, key=str(etcd_tls.foreign_client_key))
+        etcd_tls.client(key=str(etcd_tls.foreign_client_key))
     with pytest.raises(EtcdError, match=r"cannot read the etcd cert /nonexistent/client.crt: No such file"):
-        _client(etcd_tls, cert="/nonexistent/client.crt")
+        etcd_tls.client(cert="/nonexistent/client.crt")
 
 
 def test_endpoint_by_name(etcd_tls):
     endpoint = etcd_tls.endpoints[0].replace("127.0.0.1", "localhost")  # "localhost" is in the server certificate
-    assert _client(etcd_tls, endpoints=[endpoint]).revision() > 0
+    assert etcd_tls.client(endpoints=[endpoint]).revision() > 0
 
 
 def test_wrong_scheme(etcd, etcd_tls):
     with pytest.raises(EtcdError, match="during the TLS handshake: either it serves plain HTTP on this port \\(use http://\\)"):
-        _client(etcd, endpoints=[etcd.endpoints[0].replace("http://", "https://")]).revision()
+        etcd.client(endpoints=[etcd.endpoints[0].replace("http://", "https://")]).revision()
     with pytest.raises(EtcdError, match="if it serves TLS on this port, use https://"):
-        _client(etcd_tls, endpoints=[etcd_tls.endpoints[0].replace("https://", "http://")]).revision()
+        etcd_tls.client(endpoints=[etcd_tls.endpoints[0].replace("https://", "http://")]).revision()
 
 
 def test_refuses_bad_endpoints():
@@ -135,7 +130,7 @@ def test_refuses_bad_endpoints():
 
 def test_etcdctl_reads_what_the_client_wrote(etcd_tls):
     """The bytes written through the gateway are the bytes etcd stores (etcdctl is the reference)."""
-    client = _client(etcd_tls)
+    client = etcd_tls.client()
     key = _prefix() + "binary"
     value = bytes(range(256))
     client.put(key, value)

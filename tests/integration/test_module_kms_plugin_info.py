@@ -5,6 +5,7 @@ Molecule scenario kms_plugin checks it on systemd-nspawn hosts.
 """
 
 import pytest
+import yaml
 
 from tests.harness.plugin_daemon import PluginProcess, order_kek, password_barbican_section, plugin_venv
 from tests.harness.playbook import PlaybookRunner
@@ -71,3 +72,20 @@ def test_no_plugin_installed(runner, tmp_path):
     info = run.task("info")
     assert info["status"]["reachable"] is False and "does not exist" in info["status"]["healthz"]
     assert info["configured_key_ids"] == [] and info["loaded_key_ids"] is None
+
+
+def test_config_the_plugin_refuses(runner, tmp_path):
+    password_file = tmp_path / "password"
+    password_file.write_text("never-shown\n")
+    config = tmp_path / "kms-plugin.yaml"
+    config.write_text(yaml.safe_dump({
+        "socket": str(tmp_path / "kms.sock"), "keys": ["not-a-secret"],
+        "barbican": {"auth": {"auth_url": "http://127.0.0.1:5000/v3", "username": "kms-plugin",
+                              "password_file": str(password_file), "project_name": "kms"}}}))
+    run = runner.run([{"name": "info", "teapot.kms.kms_plugin_info": {
+        "command": str(plugin_venv() / "bin" / "teapot-kms-plugin"), "config": str(config), "service": ""}}])
+    info = run.task("info")
+    assert info["configured_key_ids"] == [] and info["loaded_key_ids"] is None and info["socket"] == ""
+    assert info["status"]["reachable"] is False and "no socket to ask" in info["status"]["healthz"]
+    assert any("invalid configuration: keys[0]:" in warning for warning in info.get("warnings", []))
+    assert "never-shown" not in run.output

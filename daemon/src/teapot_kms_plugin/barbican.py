@@ -10,6 +10,7 @@ from keystoneauth1 import exceptions as ks_exceptions
 from keystoneauth1 import loading
 from keystoneauth1 import session as ks_session
 
+from .config import SECRET_AUTH_FIELDS
 from .keyring import FetchError
 
 LOG = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class BarbicanFetcher:
 
     def _redact(self, text):
         """Mask the configured secrets, should a library ever echo one."""
-        for name in ("password", "application_credential_secret"):
+        for name in SECRET_AUTH_FIELDS:
             secret = self._cfg.auth.get(name)
             if secret:
                 text = text.replace(secret, "***")
@@ -155,7 +156,7 @@ class BarbicanFetcher:
             raise FetchError(self._redact(f"fetching secret {ref.ref} from Barbican failed: {message}"), reason) from None
         if isinstance(payload, str):
             # Never decoded here: an error message must not quote key material.
-            raise FetchError(f"secret {ref.ref} has a text payload; a key-encryption key is stored as application/octet-stream", "bad_key")
+            raise FetchError(f"secret {ref.ref} has a text payload; a key-encryption key is stored as {PAYLOAD_CONTENT_TYPE}", "bad_key")
         if not isinstance(payload, bytes):
             raise FetchError(f"secret {ref.ref} has no payload", "bad_key")
         return payload

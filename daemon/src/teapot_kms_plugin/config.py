@@ -12,7 +12,11 @@ from .keyring import KeyRef
 AUTH_TYPES = ("password", "v3applicationcredential")
 INTERFACES = ("public", "internal", "admin")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-CACHE_MODES = ("cached", "per_call")
+DEFAULT_METRICS_LISTEN = ("127.0.0.1", 9464)
+# Config fields (of Config) read only at start: a reload keeps the running values.
+RESTART_ONLY = ("socket", "socket_group", "metrics_listen", "workers")
+# Read from their files into BarbicanConfig.auth; never shown.
+SECRET_AUTH_FIELDS = ("password", "application_credential_secret")
 
 _PASSWORD_FIELDS = {"auth_url", "username", "user_id", "password", "password_file", "project_name", "project_id",
                     "user_domain_name", "user_domain_id", "project_domain_name", "project_domain_id"}
@@ -48,8 +52,7 @@ class Config:
     refresh_interval: float = 300.0
     max_stale: float = 86400.0
     retry_interval: float = 10.0
-    cache_mode: str = "cached"
-    metrics_listen: tuple = ("127.0.0.1", 9464)
+    metrics_listen: tuple = DEFAULT_METRICS_LISTEN
     log_level: str = "info"
     shutdown_grace: float = 10.0
     workers: int = 8
@@ -201,7 +204,7 @@ def _keys(raw):
 
 def _listen(raw):
     if raw is None:
-        return ("127.0.0.1", 9464)
+        return DEFAULT_METRICS_LISTEN
     if raw is False or raw == "":
         return None
     if not isinstance(raw, str) or ":" not in raw:
@@ -227,7 +230,7 @@ def parse(data):
     if len(socket_path.encode()) > 107:
         raise ConfigError(f"socket: {socket_path!r} is longer than a unix socket path may be (107 bytes)")
     cache = _mapping(data.get("cache"), "cache")
-    _unknown(cache, {"refresh_interval", "max_stale", "retry_interval", "mode"}, "cache")
+    _unknown(cache, {"refresh_interval", "max_stale", "retry_interval"}, "cache")
     refresh = _seconds(cache.get("refresh_interval"), "cache.refresh_interval", 300)
     max_stale = _seconds(cache.get("max_stale"), "cache.max_stale", 86400)
     if refresh >= max_stale:
@@ -251,7 +254,6 @@ def parse(data):
         refresh_interval=refresh,
         max_stale=max_stale,
         retry_interval=retry,
-        cache_mode=_choice(cache.get("mode"), "cache.mode", CACHE_MODES, "cached"),
         metrics_listen=_listen(metrics.get("listen")),
         log_level=_choice(data.get("log_level"), "log_level", LOG_LEVELS, "info"),
         shutdown_grace=_seconds(grpc_options.get("shutdown_grace"), "grpc.shutdown_grace", 10),

@@ -11,7 +11,10 @@ import logging
 import re
 import threading
 import time
+import typing
 import uuid
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import wrapping
 
@@ -109,6 +112,74 @@ class KeyRef:
         return cls(parsed, text)
 
 
+class LoadedKey(typing.NamedTuple):
+    """A keyring member and the AES-256-GCM context of its material."""
+
+    ref: KeyRef
+    aead: AESGCM
+
+
+class KeyringStatus(typing.NamedTuple):
+    """What Status reports, from the keyring's state alone."""
+
+    healthy: bool
+    healthz: str
+    key_id: str
+
+
+Fetch = typing.Callable[[KeyRef], bytes]
+
+
+class Keyring(typing.Protocol):
+    """What the key service, the metrics and the daemon need of a keyring.
+
+    Reading (``primary``, ``key``, ``status``, ``ages``) is the RPC path: no
+    I/O there unless the implementation is meant to be slow.
+    """
+
+    @property
+    def refs(self) -> "tuple[KeyRef, ...]":
+        """The configured keys, primary first."""
+
+    @property
+    def primary_ref(self) -> KeyRef:
+        """The key Encrypt uses."""
+
+    @property
+    def fetcher(self) -> Fetch:
+        """The callable that reads a key's bytes from Barbican."""
+
+    def primary(self) -> LoadedKey:
+        """The primary key, or raise KeyUnavailable."""
+
+    def key(self, key_slot: bytes) -> LoadedKey:
+        """The member whose UUID bytes are ``key_slot``; raise UnknownKey or KeyUnavailable."""
+
+    def status(self) -> KeyringStatus:
+        """Health and the primary key_id, with no remote call."""
+
+    def ages(self) -> "dict[str, float]":
+        """``{key_id: seconds since Barbican last confirmed it}`` for the keys held in memory."""
+
+    def refresh(self) -> "dict[str, str]":
+        """Fetch every key now; ``{key_id: error}`` for those that failed."""
+
+    def replace(self, refs: "typing.Sequence[KeyRef]") -> "dict[str, str]":
+        """Switch to a new list of keys; ``{key_id: error}`` for those that failed, KeyUnavailable when the primary did."""
+
+    def swap_fetcher(self, fetch: Fetch) -> None:
+        """Fetch with ``fetch`` from now on (new credentials)."""
+
+    def set_timings(self, refresh_interval: float, max_stale: float, retry_interval: float) -> None:
+        """Apply new cache timings (a reload)."""
+
+    def start(self) -> None:
+        """Start background work, if any."""
+
+    def stop(self) -> None:
+        """Stop background work, if any."""
+
+
 class _CacheEntry:
     """One key in the cache: its material, when Barbican last confirmed it, and the last error."""
 
@@ -121,7 +192,7 @@ class _CacheEntry:
         self.error = "not fetched yet"
 
 
-class KeyCache:
+class KeyCache(Keyring):
     """Cached keys with bounded staleness, refreshed in the background."""
 
     def __init__(self, refs, fetch, refresh_interval, max_stale, retry_interval=None, metrics=None, clock=time.monotonic):
@@ -151,20 +222,15 @@ class KeyCache:
         return self._ring[0]
 
     def primary(self):
-        """Return ``(KeyRef, AESGCM)`` of the primary key or raise KeyUnavailable."""
         refs, entries = self._ring
         entry = entries[refs[0].slot]
-        return entry.ref, self._usable(entry)
+        return LoadedKey(entry.ref, self._usable(entry))
 
     def key(self, key_slot):
-        """Return ``(KeyRef, AESGCM)`` of the keyring member whose UUID bytes are ``key_slot``.
-
-        Raise UnknownKey or KeyUnavailable.
-        """
         entry = self._ring[1].get(key_slot)
         if entry is None:
             raise UnknownKey(f"key_id {wrapping.key_id_for_slot(key_slot)} is not in the keyring ({self._known()})")
-        return entry.ref, self._usable(entry)
+        return LoadedKey(entry.ref, self._usable(entry))
 
     def _known(self):
         return "known: " + ", ".join(ref.key_id for ref in self._ring[0])
@@ -183,17 +249,15 @@ class KeyCache:
         return aead
 
     def status(self):
-        """``(healthy, healthz text, primary key_id)`` from cached state only."""
         refs, entries = self._ring
         ref = refs[0]
         try:
             self._usable(entries[ref.slot])
         except KeyUnavailable as exc:
-            return False, str(exc), ref.key_id
-        return True, "ok", ref.key_id
+            return KeyringStatus(False, str(exc), ref.key_id)
+        return KeyringStatus(True, "ok", ref.key_id)
 
     def ages(self):
-        """``{key_id: seconds since Barbican last confirmed it}`` for loaded keys."""
         now = self._clock()
         return {entry.ref.key_id: now - entry.fetched_at for entry in self._ring[1].values() if entry.fetched_at is not None}
 
@@ -213,7 +277,6 @@ class KeyCache:
         return None
 
     def refresh(self):
-        """Fetch every key now; return ``{key_id: error}`` for those that failed."""
         errors = {}
         for entry in list(self._ring[1].values()):
             error = self._fetch_into(entry)
@@ -257,6 +320,11 @@ class KeyCache:
     def swap_fetcher(self, fetch):
         self._fetch = fetch
 
+    def set_timings(self, refresh_interval, max_stale, retry_interval):
+        self.refresh_interval = refresh_interval
+        self.max_stale = max_stale
+        self.retry_interval = retry_interval
+
     # -- background refresh --------------------------------------------------
 
     def start(self):
@@ -295,73 +363,3 @@ class KeyCache:
         if not failing:
             return self.refresh_interval
         return min(self.retry_interval * (2 ** min(failures, 6)), self.refresh_interval)
-
-
-class PerCallKeys:
-    """Fetch the key from Barbican on every call: the design of the upstream plugin.
-
-    Only for comparison (``cache: {mode: per_call}``); never a good idea in
-    production, where every RPC then depends on Barbican and Keystone.
-    """
-
-    def __init__(self, refs, fetch, metrics=None):
-        self._refs = tuple(refs)
-        self._fetch = fetch
-        self._metrics = metrics
-        self._last_error = None
-
-    @property
-    def primary_ref(self):
-        return self._refs[0]
-
-    @property
-    def refs(self):
-        return self._refs
-
-    def _load(self, ref):
-        try:
-            aead = load_aead(self._fetch, ref, self._metrics)
-        except KeyLoadFailed as exc:
-            self._last_error = str(exc)
-            if exc.fetch_failed:
-                raise KeyUnavailable(f"key {ref.key_id} could not be fetched: {exc}") from None
-            raise KeyUnavailable(str(exc)) from None
-        self._last_error = None
-        return aead
-
-    def primary(self):
-        return self._refs[0], self._load(self._refs[0])
-
-    def key(self, key_slot):
-        for ref in self._refs:
-            if ref.slot == key_slot:
-                return ref, self._load(ref)
-        raise UnknownKey(f"key_id {wrapping.key_id_for_slot(key_slot)} is not in the keyring")
-
-    def status(self):
-        if self._last_error:
-            return False, self._last_error, self._refs[0].key_id
-        return True, "ok", self._refs[0].key_id
-
-    def ages(self):
-        return {}
-
-    def refresh(self):
-        return {}
-
-    def replace(self, refs):
-        self._refs = tuple(refs)
-        return {}
-
-    @property
-    def fetcher(self):
-        return self._fetch
-
-    def swap_fetcher(self, fetch):
-        self._fetch = fetch
-
-    def start(self):
-        """Nothing runs in the background in this mode."""
-
-    def stop(self):
-        """Nothing runs in the background in this mode."""

@@ -1,5 +1,6 @@
 """The key service: Status, Encrypt and Decrypt, knowing nothing of gRPC."""
 
+import typing
 
 from . import keyring
 from . import wrapping
@@ -20,19 +21,35 @@ class KmsError(Exception):
         self.code = code
 
 
+class StatusResult(typing.NamedTuple):
+    """The answer to Status."""
+
+    version: str
+    healthz: str
+    key_id: str
+
+
+class EncryptResult(typing.NamedTuple):
+    """The answer to Encrypt."""
+
+    ciphertext: bytes
+    key_id: str
+    annotations: "dict[str, bytes]"
+
+
 class KeyService:
     """Wraps and unwraps DEK seeds with the keyring's keys."""
 
-    def __init__(self, keys):
+    def __init__(self, keys: keyring.Keyring):
         self.keys = keys
 
-    def status(self):
-        """``(version, healthz, key_id)`` from cached state, with no remote call."""
-        _healthy, healthz, key_id = self.keys.status()
-        return API_VERSION, healthz, key_id
+    def status(self) -> StatusResult:
+        """From the keyring's state, with no remote call."""
+        state = self.keys.status()
+        return StatusResult(API_VERSION, state.healthz, state.key_id)
 
-    def encrypt(self, plaintext):
-        """Return ``(ciphertext, key_id, annotations)`` under the primary key."""
+    def encrypt(self, plaintext) -> EncryptResult:
+        """Wrap ``plaintext`` under the primary key."""
         if not plaintext:
             raise KmsError(INVALID_ARGUMENT, "plaintext is empty")
         if len(plaintext) > wrapping.MAX_PLAINTEXT:
@@ -42,9 +59,9 @@ class KeyService:
         except keyring.KeyUnavailable as exc:
             raise KmsError(UNAVAILABLE, str(exc)) from None
         ciphertext = wrapping.seal(aead, ref.header, ref.aad, plaintext)
-        return ciphertext, ref.key_id, wrapping.annotations()
+        return EncryptResult(ciphertext, ref.key_id, wrapping.annotations())
 
-    def decrypt(self, ciphertext, key_id, annotations):
+    def decrypt(self, ciphertext, key_id, annotations) -> bytes:
         """Return the plaintext of a ciphertext that Encrypt made.
 
         ``annotations`` is a dict or the request's protobuf map.  Checks run

@@ -6,6 +6,26 @@ import threading
 import prometheus_client
 from prometheus_client.core import GaugeMetricFamily
 
+# The metric families (counters are exposed with a _total suffix).
+KEY_CACHE_AGE = "teapot_kms_key_cache_age_seconds"
+PRIMARY_KEY_INFO = "teapot_kms_primary_key_info"
+HEALTHY = "teapot_kms_healthy"
+KEYRING_SIZE = "teapot_kms_keyring_size"
+RPC_DURATION = "teapot_kms_rpc_duration_seconds"
+FETCH_DURATION = "teapot_kms_barbican_fetch_duration_seconds"
+FETCH_ERRORS = "teapot_kms_barbican_fetch_errors"
+RELOADS = "teapot_kms_reloads"
+NAMES = {
+    "key_cache_age": KEY_CACHE_AGE,
+    "primary_key_info": PRIMARY_KEY_INFO,
+    "healthy": HEALTHY,
+    "keyring_size": KEYRING_SIZE,
+    "rpc_duration": RPC_DURATION,
+    "fetch_duration": FETCH_DURATION,
+    "fetch_errors": FETCH_ERRORS,
+    "reloads": RELOADS,
+}
+
 _RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _FETCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -35,18 +55,18 @@ class _KeyringCollector:
         if keys is None:
             # Scraped before the keyring exists (first fetch still running).
             return
-        age = GaugeMetricFamily("teapot_kms_key_cache_age_seconds",
+        age = GaugeMetricFamily(KEY_CACHE_AGE,
                                 "Seconds since Barbican last confirmed each cached key", labels=["key_id"])
         for key_id, seconds in sorted(keys.ages().items()):
             age.add_metric([key_id], seconds)
         yield age
-        healthy, _healthz, key_id = keys.status()
-        primary = GaugeMetricFamily("teapot_kms_primary_key_info", "The key_id Encrypt uses and Status reports",
+        state = keys.status()
+        primary = GaugeMetricFamily(PRIMARY_KEY_INFO, "The key_id Encrypt uses and Status reports",
                                     labels=["key_id"])
-        primary.add_metric([key_id], 1)
+        primary.add_metric([state.key_id], 1)
         yield primary
-        yield GaugeMetricFamily("teapot_kms_healthy", "1 when Status reports healthz ok", value=1 if healthy else 0)
-        yield GaugeMetricFamily("teapot_kms_keyring_size", "Keys in the keyring (primary included)", value=len(keys.refs))
+        yield GaugeMetricFamily(HEALTHY, "1 when Status reports healthz ok", value=1 if state.healthy else 0)
+        yield GaugeMetricFamily(KEYRING_SIZE, "Keys in the keyring (primary included)", value=len(keys.refs))
 
 
 class Metrics:
@@ -61,16 +81,16 @@ class Metrics:
         self._fold_lock = threading.Lock()
         self.registry.register(_Fold(self.fold))
         self._rpc_duration = prometheus_client.Histogram(
-            "teapot_kms_rpc_duration_seconds", "KMS RPC latency by method and status code",
+            RPC_DURATION, "KMS RPC latency by method and status code",
             ["method", "code"], registry=self.registry, buckets=_RPC_BUCKETS)
         self._fetch_duration = prometheus_client.Histogram(
-            "teapot_kms_barbican_fetch_duration_seconds", "Time to fetch one key from Barbican",
+            FETCH_DURATION, "Time to fetch one key from Barbican",
             registry=self.registry, buckets=_FETCH_BUCKETS)
         self._fetch_errors = prometheus_client.Counter(
-            "teapot_kms_barbican_fetch_errors", "Failed key fetches from Barbican by reason",
+            FETCH_ERRORS, "Failed key fetches from Barbican by reason",
             ["reason"], registry=self.registry)
         self._reloads = prometheus_client.Counter(
-            "teapot_kms_reloads", "SIGHUP reloads by result", ["result"], registry=self.registry)
+            RELOADS, "SIGHUP reloads by result", ["result"], registry=self.registry)
         self.registry.register(_KeyringCollector(get_keys))
         self._rpc_children = {}
         self._server = None
@@ -106,3 +126,10 @@ class Metrics:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+def scrape_url(host, port):
+    """Where a process on the same host reads the metrics served on ``host:port``."""
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}/metrics" if ":" in host else f"http://{host}:{port}/metrics"

@@ -64,39 +64,40 @@ class Servicer:
             message = f"request is not a valid {proto.METHODS[method][0].DESCRIPTOR.name}: {type(exc).__name__}"
             return self._refuse(context, method, started, "", "INVALID_ARGUMENT", message)
 
-    def status(self, raw, context):
+    def _handle(self, method, raw, context, answer):
+        """Parse the request, let ``answer(request)`` build the response; time, log and map errors alike for every method."""
         started = time.perf_counter()
-        self._parse("Status", raw, context, started)
+        request = self._parse(method, raw, context, started)
+        # StatusRequest has no uid.
+        uid = getattr(request, "uid", "")
         try:
-            version, healthz, key_id = self.key_service.status()
+            response = answer(request)
+        except keyservice.KmsError as exc:
+            return self._refuse(context, method, started, uid, exc.code, str(exc))
         except Exception as exc:  # pylint: disable=broad-exception-caught
-            return self._internal(context, "Status", started, "", exc)
-        self._finish("Status", started, "OK", "")
-        return proto.StatusResponse(version=version, healthz=healthz, key_id=key_id)
+            return self._internal(context, method, started, uid, exc)
+        self._finish(method, started, "OK", uid)
+        return response
+
+    def status(self, raw, context):
+        return self._handle("Status", raw, context, self._status)
 
     def encrypt(self, raw, context):
-        started = time.perf_counter()
-        request = self._parse("Encrypt", raw, context, started)
-        try:
-            ciphertext, key_id, annotations = self.key_service.encrypt(request.plaintext)
-        except keyservice.KmsError as exc:
-            return self._refuse(context, "Encrypt", started, request.uid, exc.code, str(exc))
-        except Exception as exc:  # pylint: disable=broad-exception-caught
-            return self._internal(context, "Encrypt", started, request.uid, exc)
-        self._finish("Encrypt", started, "OK", request.uid)
-        return proto.EncryptResponse(ciphertext=ciphertext, key_id=key_id, annotations=annotations)
+        return self._handle("Encrypt", raw, context, self._encrypt)
 
     def decrypt(self, raw, context):
-        started = time.perf_counter()
-        request = self._parse("Decrypt", raw, context, started)
-        try:
-            plaintext = self.key_service.decrypt(request.ciphertext, request.key_id, request.annotations)
-        except keyservice.KmsError as exc:
-            return self._refuse(context, "Decrypt", started, request.uid, exc.code, str(exc))
-        except Exception as exc:  # pylint: disable=broad-exception-caught
-            return self._internal(context, "Decrypt", started, request.uid, exc)
-        self._finish("Decrypt", started, "OK", request.uid)
-        return proto.DecryptResponse(plaintext=plaintext)
+        return self._handle("Decrypt", raw, context, self._decrypt)
+
+    def _status(self, _request):
+        result = self.key_service.status()
+        return proto.StatusResponse(version=result.version, healthz=result.healthz, key_id=result.key_id)
+
+    def _encrypt(self, request):
+        result = self.key_service.encrypt(request.plaintext)
+        return proto.EncryptResponse(ciphertext=result.ciphertext, key_id=result.key_id, annotations=result.annotations)
+
+    def _decrypt(self, request):
+        return proto.DecryptResponse(plaintext=self.key_service.decrypt(request.ciphertext, request.key_id, request.annotations))
 
 
 def _serialize(message):

@@ -142,6 +142,12 @@ def _kms_v2(**fields):
 VALID_V2 = dict(encryptedData=b"\x01" * 60, keyID="key-1", encryptedDEKSource=b"\x02" * 40, encryptedDEKSourceType=1)
 
 
+def _v2_with(**changes):
+    fields = dict(VALID_V2)
+    fields.update(changes)
+    return _kms_v2(**fields)
+
+
 @pytest.mark.parametrize("value, reason", [
     (b"", "empty value"),
     (b"\x00\x01garbage", "not a Kubernetes storage format"),
@@ -153,15 +159,15 @@ VALID_V2 = dict(encryptedData=b"\x01" * 60, keyID="key-1", encryptedDEKSource=b"
     (b"k8s:enc:aesgcm:v1:\xff\xfe:" + b"\x00" * 40, "provider name is not UTF-8"),
     (b"k8s:enc:kms:v2:prov:\x0a\x05\x01", "EncryptedObject does not decode"),
     (b"k8s:enc:kms:v2:prov:\x12\x02\xff\xfe", "EncryptedObject does not decode"),
-    (_kms_v2(**dict(VALID_V2, encryptedDEKSourceType=7)), "unknown encryptedDEKSourceType 7"),
-    (_kms_v2(**dict(VALID_V2, encryptedData=b"")), "empty encryptedData"),
-    (_kms_v2(**dict(VALID_V2, keyID="")), "empty keyID"),
-    (_kms_v2(**dict(VALID_V2, keyID="k" * 1025)), "keyID exceeds 1024 bytes"),
-    (_kms_v2(**dict(VALID_V2, encryptedDEKSource=b"")), "empty encryptedDEKSource"),
-    (_kms_v2(**dict(VALID_V2, encryptedDEKSource=b"\x01" * 1025)), "encryptedDEKSource exceeds 1024 bytes"),
-    (_kms_v2(**dict(VALID_V2, annotations={"not_a_domain": b"x"})), "not a fully qualified domain name"),
-    (_kms_v2(**dict(VALID_V2, annotations={"single": b"x"})), "not a fully qualified domain name"),
-    (_kms_v2(**dict(VALID_V2, annotations={"big.example.com": b"x" * 32768})), "annotations exceed 32768 bytes"),
+    (_v2_with(encryptedDEKSourceType=7), "unknown encryptedDEKSourceType 7"),
+    (_v2_with(encryptedData=b""), "empty encryptedData"),
+    (_v2_with(keyID=""), "empty keyID"),
+    (_v2_with(keyID="k" * 1025), "keyID exceeds 1024 bytes"),
+    (_v2_with(encryptedDEKSource=b""), "empty encryptedDEKSource"),
+    (_v2_with(encryptedDEKSource=b"\x01" * 1025), "encryptedDEKSource exceeds 1024 bytes"),
+    (_v2_with(annotations={"not_a_domain": b"x"}), "not a fully qualified domain name"),
+    (_v2_with(annotations={"single": b"x"}), "not a fully qualified domain name"),
+    (_v2_with(annotations={"big.example.com": b"x" * 32768}), "annotations exceed 32768 bytes"),
     (b"k8s:enc:kms:v1:prov:\x00\x00" + b"\x00" * 40, "kms-v1 value with an empty encrypted DEK"),
     (b"k8s:enc:kms:v1:prov:\x00\x20" + b"\x00" * 40, "kms-v1 value truncated"),
     (b"k8s:enc:aescbc:v1:key1:" + b"\x00" * 33, "not a whole number of blocks"),
@@ -174,7 +180,7 @@ def test_garbled_values_say_why(value, reason):
 
 
 def test_a_valid_kms_v2_value_parses():
-    stored = parse_stored_value(_kms_v2(**dict(VALID_V2, annotations={"a.example.com": b"1"}, encryptedDEKSourceType=0)))
+    stored = parse_stored_value(_v2_with(annotations={"a.example.com": b"1"}, encryptedDEKSourceType=0))
     assert stored == _kms_storage.StoredValue("kms-v2", "prov", "key-1", {"a.example.com": b"1"}, 0, b"\x02" * 40, b"\x01" * 60)
 
 
