@@ -1,6 +1,7 @@
 """``python -m tests.lab {up,down}``: see the package docstring."""
 
 import argparse
+import base64
 import json
 import os
 import pathlib
@@ -23,11 +24,18 @@ from tests.harness.testhosts.state_file import State
 from tests.harness.testhosts.teardown import down as testhosts_down
 
 SOURCE = pathlib.Path(__file__).resolve().parent
+REPO = SOURCE.parents[1]
 RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)\s+"
                    r"failed=(?P<failed>\d+)")
 # Throw-away secrets of one lab, drawn when it is first made.
-SECRET_NAMES = ("keystone_admin_password", "keystone_barbican_password", "keystone_kms_password",
-                "keystone_kms_custodian_password", "barbican_pkcs11_pin", "barbican_softhsm_so_pin")
+SECRETS = {
+    **{name: lambda: secrets.token_hex(12) for name in (
+        "keystone_admin_password", "keystone_barbican_password", "keystone_kms_password",
+        "keystone_kms_custodian_password", "barbican_pkcs11_pin", "barbican_softhsm_so_pin")},
+    # The aescbc key of the cluster the lab starts from (32 bytes).
+    "kp_aescbc_secret": lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
+}
+STANDIN_PYTHON = "/opt/kube-apiserver-standin/venv/bin/python"
 
 
 class LabError(RuntimeError):
@@ -77,11 +85,21 @@ class Lab:
             "# Written by python -m tests.lab: the lab's hosts.\n" + yaml.safe_dump(ansible_inventory(data, self.groups())),
             encoding="utf-8")
         shutil.copyfile(SOURCE / "group_vars" / "all.yml", group_vars / "lab.yml")
+        # Where the kubeadm-style cluster the lab starts from (cluster_playbook) finds its pieces.
+        (group_vars / "cluster.yml").write_text("# Written by python -m tests.lab: the cluster the lab starts from.\n" + yaml.safe_dump({
+            "kp_repo_root": str(REPO),
+            "kp_pki_dir": str(self.dir / "kubeadm-pki"),
+            "kp_secrets_before": 5,
+            "kube_apiserver_standin_repo": str(REPO),
+            "kube_apiserver_standin_python": STANDIN_PYTHON,
+        }), encoding="utf-8")
         secrets_file = group_vars / "secrets.yml"
-        if not secrets_file.exists():
-            values = {name: secrets.token_hex(12) for name in SECRET_NAMES}
+        values = yaml.safe_load(secrets_file.read_text(encoding="utf-8")) if secrets_file.exists() else {}
+        missing = {name: draw() for name, draw in SECRETS.items() if name not in values}
+        if missing:
+            secrets_file.unlink(missing_ok=True)
             with open(os.open(secrets_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
-                handle.write("# The lab's own secrets, drawn when it was made.\n" + yaml.safe_dump(values))
+                handle.write("# The lab's own secrets, drawn when it was made.\n" + yaml.safe_dump({**values, **missing}))
 
     # --------------------------------------------------------------- ansible
 
@@ -135,31 +153,40 @@ class Lab:
     def up(self, hosts_only=False):
         timings = {}
         started = time.monotonic()
-        say("1/3 boot the hosts (systemd-nspawn) and serve their offline package sources")
+        say("1/4 boot the hosts (systemd-nspawn) and serve their offline package sources")
         reused = self.boot()
         timings["hosts"] = time.monotonic() - started
         say(f"hosts {'were up, reused' if reused else 'booted'} in {timings['hosts']:.0f}s; inventory: {self.inventory}")
         if hosts_only:
             return 0
 
-        say("2/3 ansible-playbook -i " + str(self.inventory) + " teapot.kms.site")
+        say("2/4 a kubeadm-style cluster to start from: PKI, etcd, an aescbc EncryptionConfiguration, Secrets, "
+            "and the kube-apiserver STAND-IN run from its static pod manifest")
+        step = time.monotonic()
+        self.playbook(SOURCE / "kubeadm_hosts.yml", "kubeadm-hosts")
+        cluster_recap = self.playbook(REPO / self.config["cluster_playbook"], "cluster")
+        timings["cluster"] = time.monotonic() - step
+        cluster_changed = sum(host["changed"] for host in cluster_recap.values())
+
+        say("3/4 ansible-playbook -i " + str(self.inventory) + " teapot.kms.site")
         step = time.monotonic()
         recap = self.playbook("teapot.kms.site", "site")
         timings["site"] = time.monotonic() - step
         changed = sum(host["changed"] for host in recap.values())
 
-        say("3/3 the summary")
+        say("4/4 the summary")
         step = time.monotonic()
         summary_path = self.dir / "summary.txt"
         self.playbook(SOURCE / "summary.yml", "summary", stream=False, extra_vars={"lab_summary_path": summary_path})
         timings["summary"] = time.monotonic() - step
         timings["total"] = time.monotonic() - started
-        self.record(reused, timings, changed)
+        self.record(reused, timings, {"cluster": cluster_changed, "site": changed})
 
         print()
         print(summary_path.read_text(encoding="utf-8"), end="")
         print()
-        say(f"hosts {timings['hosts']:.0f}s ({'reused' if reused else 'booted'}), teapot.kms.site {timings['site']:.0f}s "
+        say(f"hosts {timings['hosts']:.0f}s ({'reused' if reused else 'booted'}), cluster with the kube-apiserver STAND-IN "
+            f"{timings['cluster']:.0f}s (changed={cluster_changed}), teapot.kms.site {timings['site']:.0f}s "
             f"(changed={changed}{': converged, nothing to change' if changed == 0 else ''}), "
             f"summary {timings['summary']:.0f}s, total {timings['total']:.0f}s")
         say(f"run any stage again: ansible-playbook -i {self.inventory} teapot.kms.<stage>  "
@@ -171,7 +198,7 @@ class Lab:
         with open(self.dir / "timings.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "hosts_reused": reused,
                                      "seconds": {key: round(value, 1) for key, value in timings.items()},
-                                     "site_changed": changed}) + "\n")
+                                     "changed": changed}) + "\n")
 
     # ----------------------------------------------------------------- down
 
