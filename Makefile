@@ -19,7 +19,7 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(TEAPOT_KMS_CACHE)/collections/$(CHECKOUT_ID)
 export ANSIBLE_LOCAL_TEMP := $(TEAPOT_KMS_CACHE)/ansible-tmp
 
-.PHONY: test venv collection-link lint sanity unit integration molecule build clean-cache
+.PHONY: test venv collection-link lint sanity unit integration molecule build clean-cache lab lab-down
 
 TEST_STEPS := lint sanity unit integration molecule
 
@@ -93,6 +93,21 @@ molecule: venv collection-link
 molecule-%: venv collection-link
 	@start=$$(date +%s); $(BIN)/molecule test -s $*; rc=$$?; \
 		echo "molecule scenario $*: exit $$rc after $$(( $$(date +%s) - start ))s"; exit $$rc
+
+# The lab (tests/lab/): the collection deployed by its own playbooks on local
+# systemd-nspawn hosts, as root. `make lab` on a running lab converges it and
+# prints the summary again; `make lab-down` removes it completely.
+lab:
+	@test "$$(id -u)" -eq 0 || { echo "make lab: run it as root: the lab boots systemd-nspawn hosts on a bridge of its own"; exit 2; }
+	@echo "lab: Debian packages (tests/bin/install-system-deps)"
+	@tests/bin/install-system-deps
+	@echo "lab: the controller's tools ($(VENV))"
+	@$(MAKE) --no-print-directory venv collection-link
+	@$(BIN)/python -m tests.lab up
+
+lab-down:
+	@test "$$(id -u)" -eq 0 || { echo "make lab-down: run it as root"; exit 2; }
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m tests.lab down; else $(PYTHON) -m tests.lab down; fi
 
 build: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path $(TEAPOT_KMS_CACHE)/build

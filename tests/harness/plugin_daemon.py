@@ -20,7 +20,7 @@ import urllib.request
 import yaml
 
 from tests.harness.cache import cache_dir, file_lock
-from tests.harness.procs import ManagedProcess, run
+from tests.harness.procs import ManagedProcess, free_port, run
 
 SOURCE = pathlib.Path(__file__).resolve().parents[2] / "daemon"
 _MARKER = ".teapot-complete"
@@ -81,6 +81,21 @@ def password_barbican_section(creds, secret_dir, **extra):
     auth = {key: value for key, value in creds.auth_dict().items() if key != "password"}
     auth["password_file"] = str(password_file)
     return {"auth_type": "password", "auth": auth, **extra}
+
+
+def first_status(creds, keys, base_dir, region_name):
+    """Start a plugin that logs in with ``creds`` (password) and wraps with ``keys``; return
+    ``(exit code, Status JSON, log tail)`` of its first ``status``, then stop it."""
+    base_dir = pathlib.Path(base_dir)
+    section = password_barbican_section(creds, base_dir / "secrets", region_name=region_name)
+    plugin = PluginProcess(plugin_venv(), base_dir / "plugin",
+                           {"barbican": section, "keys": list(keys), "metrics": {"listen": f"127.0.0.1:{free_port()}"}})
+    try:
+        plugin.start()
+        code, status = plugin.status_command()
+    finally:
+        plugin.stop()
+    return code, status, plugin.log_tail()
 
 
 class PluginProcess:
