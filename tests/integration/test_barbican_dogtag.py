@@ -1,4 +1,5 @@
-"""Barbican's dogtag backend as far as it runs here, and the dogtag role's refusal of a host it cannot serve.
+"""Barbican's dogtag backend as far as it runs here; the dogtag role's refusal of a host it cannot serve and the
+barbican role's refusal of another KRA.
 
 No Dogtag KRA runs here (its server is not packaged for Debian, see docs/dogtag.md) and none is faked: these
 tests build Barbican's venv with the barbican role's Dogtag client pins, render barbican.conf with the role's
@@ -7,13 +8,16 @@ KRA goes to a closed loopback port and fails, as it must; storing or reading a s
 the molecule/rhel/dogtag scenario on RHEL-family hosts.
 """
 
+import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 
 import pytest
 
+from tests.harness.pki import TestCA
 from tests.harness.playbook import REPO, PlaybookRunner
 from tests.harness.venvs import ensure_venv
 
@@ -122,3 +126,48 @@ def test_dogtag_role_refuses_a_host_without_dogtag_packages(tmp_path):
     assert "not packaged" in result["msg"]
     names = [name for name, _result in run.results]
     assert not any(name.startswith("teapot.kms.dogtag : Install") for name in names), names
+
+
+def _fingerprint(pem):
+    block = re.search(r"(?s)-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", pem).group(0)
+    return hashlib.sha256(re.sub(r"\s", "", block).encode()).hexdigest()
+
+
+def test_barbican_preflight_refuses_another_kra(tmp_path):
+    """The barbican role's preflight, in check mode on this Debian 12 host, against a recorded dogtag deployment."""
+    # Preflight only reads and fingerprints these; a test CA's certificates stand in for the KRA's.
+    ca = TestCA(tmp_path / "pki")
+    agent_cert, agent_key = (path.read_text(encoding="utf-8") for path in ca.issue("agent", client=True))
+    transport = ca.issue("transport")[0].read_text(encoding="utf-8")
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    (config_dir / "teapot-kms-backend.json").write_text(json.dumps({"backend": "dogtag", "dogtag": {
+        "dogtag_host": "kra1.example.test", "dogtag_port": "8443",
+        "transport_cert_sha256": _fingerprint(transport), "agent_cert_sha256": _fingerprint(agent_cert)}}))
+    settings = {
+        "barbican_backend": "dogtag",
+        "barbican_config_dir": str(config_dir),
+        "barbican_data_dir": str(tmp_path / "data"),
+        "barbican_keystone_auth_url": "http://127.0.0.1:5000/v3",
+        "barbican_keystone_service_password": "service-secret",
+        "barbican_dogtag_host": "kra1.example.test",
+        "barbican_dogtag_agent_pem": agent_cert + agent_key,
+        "barbican_dogtag_transport_cert": transport,
+        "barbican_dogtag_nss_password": "nss-secret",
+    }
+    preflight = [{"name": "preflight", "ansible.builtin.include_role": {"name": "teapot.kms.barbican",
+                                                                         "tasks_from": "preflight.yml"}}]
+    refusal = "teapot.kms.barbican : Refuse a Dogtag KRA or agent other than the deployed one"
+    runner = PlaybookRunner(tmp_path / "playbooks")
+
+    same = runner.run(preflight, extra_vars=settings, check=True, gather_facts=True)
+    assert same.returncode == 0, same.output
+    assert same.task(refusal).get("failed") is not True
+
+    other = runner.run(preflight, extra_vars={**settings, "barbican_dogtag_host": "kra2.example.test"},
+                       check=True, gather_facts=True)
+    assert other.returncode != 0
+    result = other.task(refusal)
+    assert result["failed"] is True
+    assert "dogtag_host=kra1.example.test" in result["msg"] and "Nothing was changed" in result["msg"]
+    assert "nss-secret" not in other.output and agent_key.splitlines()[1] not in other.output
