@@ -83,7 +83,11 @@ integration: venv
 
 # Every scenario with a molecule.yml, MOLECULE_JOBS at a time: each boots its
 # own test hosts on its own bridge, so scenarios do not share state.
-MOLECULE_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+# molecule/dogtag runs on RHEL-family hosts that the user provides (Dogtag's
+# server is not packaged for Debian, see its README): left out here, run it
+# with `make molecule-dogtag`.
+MOLECULE_EXTERNAL_SCENARIOS := dogtag
+MOLECULE_SCENARIOS := $(filter-out $(MOLECULE_EXTERNAL_SCENARIOS),$(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 MOLECULE_JOBS ?= 2
 
 molecule: venv collection-link
