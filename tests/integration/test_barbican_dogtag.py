@@ -155,8 +155,8 @@ def test_barbican_preflight_refuses_another_kra(tmp_path):
         "barbican_dogtag_transport_cert": transport,
         "barbican_dogtag_nss_password": "nss-secret",
     }
-    preflight = [{"name": "preflight", "ansible.builtin.include_role": {"name": "teapot.kms.barbican",
-                                                                         "tasks_from": "preflight.yml"}}]
+    preflight = [{"name": "preflight",
+                  "ansible.builtin.include_role": {"name": "teapot.kms.barbican", "tasks_from": "preflight.yml"}}]
     refusal = "teapot.kms.barbican : Refuse a Dogtag KRA or agent other than the deployed one"
     runner = PlaybookRunner(tmp_path / "playbooks")
 
