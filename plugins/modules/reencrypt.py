@@ -395,7 +395,7 @@ class Reencryptor:
             except ValueError as exc:
                 self.fail(str(exc))
             if resource.version is None:
-                resource.version = self.client.preferred_version(resource.group)
+                resource.version = self.client.preferred_version(resource.group, resource.plural)
             resources.append(resource)
         return resources
 
