@@ -7,7 +7,6 @@ cache, keyed by a hash of the plugin's sources.
 """
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -20,8 +19,8 @@ import urllib.request
 
 import yaml
 
-from tests.harness.cache import cache_dir
-from tests.harness.procs import ManagedProcess
+from tests.harness.cache import cache_dir, file_lock
+from tests.harness.procs import ManagedProcess, free_port, run
 
 SOURCE = pathlib.Path(__file__).resolve().parents[2] / "daemon"
 _MARKER = ".teapot-complete"
@@ -36,12 +35,6 @@ def source_hash():
     return digest.hexdigest()[:12]
 
 
-def _run(argv, log):
-    result = subprocess.run([str(arg) for arg in argv], stdout=log, stderr=subprocess.STDOUT, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(str(arg) for arg in argv[:4])} ... failed with {result.returncode}; see {log.name}")
-
-
 def plugin_venv():
     """Build (once per source hash) and return the venv with ``teapot-kms-plugin`` installed offline."""
     key = source_hash()
@@ -49,16 +42,15 @@ def plugin_venv():
     if (venv / _MARKER).exists():
         return venv
     wheels = cache_dir("wheels", f"kms-plugin-{key}")
-    with open(f"{venv}.lock", "a+", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(f"{venv}.lock"):
         if (venv / _MARKER).exists():
             return venv
         if venv.exists():
             shutil.rmtree(venv)
         with open(f"{venv}.build.log", "w", encoding="utf-8") as log:
-            _run([sys.executable, "-m", "pip", "wheel", "--quiet", str(SOURCE), "-w", wheels], log)
-            _run([sys.executable, "-m", "venv", venv], log)
-            _run([venv / "bin" / "pip", "install", "--quiet", "--no-index", "--find-links", wheels, "teapot-kms-plugin"], log)
+            run([sys.executable, "-m", "pip", "wheel", "--quiet", str(SOURCE), "-w", wheels], log)
+            run([sys.executable, "-m", "venv", venv], log)
+            run([venv / "bin" / "pip", "install", "--quiet", "--no-index", "--find-links", wheels, "teapot-kms-plugin"], log)
         (venv / _MARKER).write_text(key + "\n", encoding="utf-8")
     return venv
 
@@ -89,6 +81,21 @@ def password_barbican_section(creds, secret_dir, **extra):
     auth = {key: value for key, value in creds.auth_dict().items() if key != "password"}
     auth["password_file"] = str(password_file)
     return {"auth_type": "password", "auth": auth, **extra}
+
+
+def first_status(creds, keys, base_dir, region_name):
+    """Start a plugin that logs in with ``creds`` (password) and wraps with ``keys``; return
+    ``(exit code, Status JSON, log tail)`` of its first ``status``, then stop it."""
+    base_dir = pathlib.Path(base_dir)
+    section = password_barbican_section(creds, base_dir / "secrets", region_name=region_name)
+    plugin = PluginProcess(plugin_venv(), base_dir / "plugin",
+                           {"barbican": section, "keys": list(keys), "metrics": {"listen": f"127.0.0.1:{free_port()}"}})
+    try:
+        plugin.start()
+        code, status = plugin.status_command()
+    finally:
+        plugin.stop()
+    return code, status, plugin.log_tail()
 
 
 class PluginProcess:

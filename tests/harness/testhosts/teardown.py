@@ -148,3 +148,26 @@ def down(state_path, log=sys.stderr):
     if run_dir and os.path.isdir(run_dir):
         shutil.rmtree(run_dir)
     state.path.unlink(missing_ok=True)
+
+
+def leftovers(data):
+    """What of the run ``data`` (its state) still exists: mounts, links, processes, cgroups, files; [] when nothing."""
+    found = []
+    run_dir = data.get("run_dir")
+    if run_dir and _mounts_below(run_dir):
+        found.append(f"mounts below {run_dir}: {_mounts_below(run_dir)}")
+    if data.get("bridge") and _link_exists(data["bridge"]):
+        found.append(f"bridge {data['bridge']}")
+    for host in data.get("hosts", []):
+        veth = f"vb-{host.get('machine', '')}"[:15]
+        if host.get("machine") and _link_exists(veth):
+            found.append(f"link {veth}")
+        if alive(host):
+            found.append(f"systemd-nspawn of {host.get('name')} (pid {host.get('pid')})")
+        if host.get("merged") and processes_rooted_below(host["merged"]):
+            found.append(f"processes inside {host.get('name')}: {processes_rooted_below(host['merged'])}")
+        found += [f"cgroup {group}" for group in host.get("cgroups", []) if os.path.exists(group)]
+    found += [f"{server.get('name')} (pid {server.get('pid')})" for server in data.get("servers", []) if alive(server)]
+    if run_dir and os.path.exists(run_dir):
+        found.append(f"directory {run_dir}")
+    return found
