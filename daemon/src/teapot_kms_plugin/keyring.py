@@ -127,6 +127,16 @@ class KeyringStatus(typing.NamedTuple):
     key_id: str
 
 
+class KeyState(typing.NamedTuple):
+    """One configured key as the operator sees it (``teapot-kms-plugin status``, metrics)."""
+
+    key_id: str
+    role: str
+    loaded: bool
+    age_seconds: typing.Optional[float]
+    last_error: str
+
+
 Fetch = typing.Callable[[KeyRef], bytes]
 
 
@@ -161,14 +171,15 @@ class Keyring(typing.Protocol):
     def ages(self) -> "dict[str, float]":
         """``{key_id: seconds since Barbican last confirmed it}`` for the keys held in memory."""
 
+    def states(self) -> "list[KeyState]":
+        """Every configured key, primary first: loaded and usable now, age of its material, last error."""
+
     def refresh(self) -> "dict[str, str]":
         """Fetch every key now; ``{key_id: error}`` for those that failed."""
 
-    def replace(self, refs: "typing.Sequence[KeyRef]") -> "dict[str, str]":
-        """Switch to a new list of keys; ``{key_id: error}`` for those that failed, KeyUnavailable when the primary did."""
-
-    def swap_fetcher(self, fetch: Fetch) -> None:
-        """Fetch with ``fetch`` from now on (new credentials)."""
+    def replace(self, refs: "typing.Sequence[KeyRef]", fetch: Fetch) -> None:
+        """Switch to a new list of keys fetched with ``fetch`` (new credentials); KeyUnavailable, and nothing
+        changes, unless every key could be fetched."""
 
     def set_timings(self, refresh_interval: float, max_stale: float, retry_interval: float) -> None:
         """Apply new cache timings (a reload)."""
@@ -183,12 +194,12 @@ class Keyring(typing.Protocol):
 class _CacheEntry:
     """One key in the cache: its material, when Barbican last confirmed it, and the last error."""
 
-    __slots__ = ("ref", "aead", "fetched_at", "error")
+    __slots__ = ("ref", "material", "error")
 
     def __init__(self, ref):
         self.ref = ref
-        self.aead = None
-        self.fetched_at = None
+        # (AEAD or None, monotonic time Barbican last confirmed it or None), replaced as one tuple.
+        self.material = (None, None)
         self.error = "not fetched yet"
 
 
@@ -236,15 +247,19 @@ class KeyCache(Keyring):
         return "known: " + ", ".join(ref.key_id for ref in self._ring[0])
 
     def _usable(self, entry):
-        aead, fetched_at = entry.aead, entry.fetched_at
+        # One read of the pair: the refresh thread replaces it as a whole.
+        aead, fetched_at = entry.material
         if aead is None:
             raise KeyUnavailable(f"key {entry.ref.key_id} is not loaded: {entry.error}")
         age = self._clock() - fetched_at
         if age > self.max_stale:
             message = (f"key {entry.ref.key_id} is stale: Barbican last confirmed it {age:.0f}s ago, "
                        f"more than max_stale {self.max_stale:.0f}s; last error: {entry.error}")
-            entry.error = f"dropped after max_stale {self.max_stale:.0f}s; last error: {entry.error}"
-            entry.aead = None
+            with self._lock:
+                # Drop only the material judged stale: a refresh may have just replaced it.
+                if entry.material[0] is aead:
+                    entry.error = f"dropped after max_stale {self.max_stale:.0f}s; last error: {entry.error}"
+                    entry.material = (None, fetched_at)
             raise KeyUnavailable(message)
         return aead
 
@@ -259,21 +274,38 @@ class KeyCache(Keyring):
 
     def ages(self):
         now = self._clock()
-        return {entry.ref.key_id: now - entry.fetched_at for entry in self._ring[1].values() if entry.fetched_at is not None}
+        return {entry.ref.key_id: now - entry.material[1] for entry in self._ring[1].values()
+                if entry.material[1] is not None}
+
+    def states(self):
+        refs, entries = self._ring
+        now = self._clock()
+        states = []
+        for index, ref in enumerate(refs):
+            entry = entries[ref.slot]
+            fetched_at = entry.material[1]
+            try:
+                self._usable(entry)
+                loaded = True
+            except KeyUnavailable:
+                loaded = False
+            states.append(KeyState(ref.key_id, "primary" if index == 0 else "decrypt-only", loaded,
+                                   None if fetched_at is None else now - fetched_at, entry.error))
+        return states
 
     # -- fetching ------------------------------------------------------------
 
-    def _fetch_into(self, entry):
+    def _fetch_into(self, entry, fetch=None):
         try:
-            aead = load_aead(self._fetch, entry.ref, self._metrics)
+            aead = load_aead(fetch or self._fetch, entry.ref, self._metrics)
         except KeyLoadFailed as exc:
-            dropped = exc.fetch_failed and entry.aead is None and entry.fetched_at is not None
-            entry.error = (f"dropped after max_stale {self.max_stale:.0f}s; " if dropped else "") + str(exc)
+            with self._lock:
+                dropped = exc.fetch_failed and entry.material[0] is None and entry.material[1] is not None
+                entry.error = (f"dropped after max_stale {self.max_stale:.0f}s; " if dropped else "") + str(exc)
             return str(exc)
-        # fetched_at before aead: a reader that sees the key always sees its age.
-        entry.fetched_at = self._clock()
-        entry.aead = aead
-        entry.error = "none"
+        with self._lock:
+            entry.material = (aead, self._clock())
+            entry.error = "none"
         return None
 
     def refresh(self):
@@ -284,41 +316,33 @@ class KeyCache(Keyring):
                 errors[entry.ref.key_id] = error
         return errors
 
-    def replace(self, refs):
-        """Switch to a new keyring (SIGHUP), fetching every key with the current fetcher.
+    def replace(self, refs, fetch):
+        """Switch to a new keyring and fetcher (SIGHUP), fetching every key with the new fetcher.
 
-        A key that cannot be fetched now keeps its cached material (still bound
-        by max_stale).  The old keyring stays if the new primary has none.
+        All or nothing: unless every key can be fetched now, the running keyring
+        and fetcher stay.  Accepting a partial keyring would keep serving keys
+        that the new credentials may not read, until they go stale hours later.
         """
         if not refs:
             raise ValueError("the keyring needs at least one key")
-        current = self._ring[1]
         entries = {}
         errors = {}
         for ref in refs:
             entry = _CacheEntry(ref)
-            error = self._fetch_into(entry)
+            error = self._fetch_into(entry, fetch)
             if error:
                 errors[ref.key_id] = error
-                old = current.get(ref.slot)
-                if old is not None and old.aead is not None:
-                    entry.fetched_at, entry.aead = old.fetched_at, old.aead
             entries[ref.slot] = entry
-        primary = entries[refs[0].slot]
-        if primary.aead is None:
-            raise KeyUnavailable(f"new primary key {refs[0].key_id} could not be loaded: {primary.error}")
-        with self._lock:
-            self._ring = (tuple(refs), entries)
         if errors:
-            self._wake.set()
-        return errors
+            raise KeyUnavailable("not every key could be fetched: "
+                                 + "; ".join(f"{key_id}: {error}" for key_id, error in errors.items()))
+        with self._lock:
+            self._fetch = fetch
+            self._ring = (tuple(refs), entries)
 
     @property
     def fetcher(self):
         return self._fetch
-
-    def swap_fetcher(self, fetch):
-        self._fetch = fetch
 
     def set_timings(self, refresh_interval, max_stale, retry_interval):
         self.refresh_interval = refresh_interval
@@ -338,7 +362,8 @@ class KeyCache(Keyring):
             self._thread.join(timeout=30)
 
     def _run(self):
-        delay = self._next_delay(self._failing(), 0)
+        # Keys never loaded (the daemon's start) are fetched at once.
+        delay = 0 if self._failing() else self.refresh_interval
         failures = 0
         while not self._stop.is_set():
             self._wake.wait(delay)
@@ -350,14 +375,19 @@ class KeyCache(Keyring):
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 # The thread must outlive any surprise, or the keys would silently age out.
                 errors = {"*": f"unexpected {type(exc).__name__}"}
+            never_loaded = {entry.ref.key_id for entry in self._ring[1].values() if entry.material[1] is None}
             for key_id, error in errors.items():
-                LOG.warning("refreshing key failed; cached material keeps serving up to max_stale",
-                            extra={"key_id": key_id, "error": error})
+                if key_id in never_loaded:
+                    LOG.error("cannot load key; it is not served until a fetch succeeds (retried with backoff)",
+                              extra={"key_id": key_id, "error": error})
+                else:
+                    LOG.warning("refreshing key failed; cached material keeps serving up to max_stale",
+                                extra={"key_id": key_id, "error": error})
             failures = failures + 1 if errors else 0
             delay = self._next_delay(bool(errors), failures)
 
     def _failing(self):
-        return any(entry.aead is None for entry in self._ring[1].values())
+        return any(entry.material[0] is None for entry in self._ring[1].values())
 
     def _next_delay(self, failing, failures):
         if not failing:
