@@ -82,7 +82,7 @@ class PerCallKeys(keyring.Keyring):
     def start(self):
         """Nothing runs in the background."""
 
-    def stop(self):
+    def stop(self, timeout=2.0):
         """Nothing runs in the background."""
 
 

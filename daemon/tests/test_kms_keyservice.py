@@ -1,6 +1,7 @@
 """The key service and the ciphertext format: round trips and every malformed input class."""
 
 import os
+import threading
 import time
 import uuid
 
@@ -399,3 +400,25 @@ def test_results_are_named(key_service, two_keys):
     state = two_keys.status()
     assert state.healthy and state.key_id == made.key_id
     assert two_keys.primary().ref == two_keys.primary_ref
+
+
+def test_stop_does_not_wait_for_a_hung_fetch(fetcher):
+    """A refresh stuck on Barbican must not hold the shutdown past the unit's TimeoutStopSec."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def hanging(ref):
+        entered.set()
+        release.wait(120)
+        return fetcher(ref)
+
+    ref = fetcher.add()
+    cache = keyring.KeyCache([ref], hanging, refresh_interval=5, max_stale=100)
+    cache.start()
+    try:
+        assert entered.wait(30)
+        cache.stop(timeout=0.2)
+        # stop returned while the fetch is still hanging.
+        assert not release.is_set()
+    finally:
+        release.set()

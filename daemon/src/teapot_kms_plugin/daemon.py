@@ -105,7 +105,8 @@ class Daemon:
                     LOG.error("reload failed, the running keyring stays", extra={"exception": type(exc).__name__})
         LOG.info("stopping: draining in-flight requests", extra={"grace_seconds": self.cfg.shutdown_grace})
         self.server.stop(self.cfg.shutdown_grace).wait()
-        self.keys.stop()
+        # The unit allows shutdown_grace + 10s (TimeoutStopSec): a refresh hung on Barbican is not waited for.
+        self.keys.stop(timeout=2.0)
         self.metrics.shutdown()
         transport.remove_socket(cfg.socket)
         LOG.info("stopped")

@@ -187,8 +187,8 @@ class Keyring(typing.Protocol):
     def start(self) -> None:
         """Start background work, if any."""
 
-    def stop(self) -> None:
-        """Stop background work, if any."""
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop background work, if any, waiting for it at most ``timeout`` seconds."""
 
 
 class _CacheEntry:
@@ -355,11 +355,17 @@ class KeyCache(Keyring):
         self._thread = threading.Thread(target=self._run, name="key-refresh", daemon=True)
         self._thread.start()
 
-    def stop(self):
+    def stop(self, timeout=2.0):
+        """Stop the refresh thread, waiting at most ``timeout`` seconds for it.
+
+        A fetch may hang up to ``barbican.timeout``: the thread is a daemon
+        thread, so leaving it behind costs nothing, while waiting could outlast
+        the unit's TimeoutStopSec and end in SIGKILL.
+        """
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=timeout)
 
     def _run(self):
         # Keys never loaded (the daemon's start) are fetched at once.
