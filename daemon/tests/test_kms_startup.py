@@ -42,6 +42,7 @@ def _config(tmp_path, barbican_port, metrics_listen, socket_path=None):
                               "password_file": str(password), "project_name": "kms"}, "timeout": 120},
         "keys": [KEY],
         "metrics": {"listen": metrics_listen},
+        "state_dir": str(tmp_path / "state"),
     }
     path = tmp_path / "kms.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -103,6 +103,7 @@ class PluginProcess:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.config = dict(config)
         self.config.setdefault("socket", str(self.base_dir / "run" / "kms.sock"))
+        self.config.setdefault("state_dir", str(self.base_dir / "state"))
         self.socket = self.config["socket"]
         self.config_path = self.base_dir / "kms-plugin.yaml"
         self.log_path = self.base_dir / f"{name}.log"

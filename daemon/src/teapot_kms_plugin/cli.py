@@ -11,6 +11,7 @@ from . import __version__
 from . import config as config_module
 from . import logs
 from . import metrics
+from . import pins
 from . import transport
 from .client import KmsClient
 from .daemon import Daemon, cache_keyring
@@ -34,7 +35,7 @@ def serve(args, make_keyring=cache_keyring):
     logs.setup(cfg.log_level)
     try:
         return Daemon(args.config, cfg, make_keyring).run()
-    except transport.SocketError as exc:
+    except (transport.SocketError, pins.PinStoreError) as exc:
         LOG.error("cannot serve: %s", exc)
         return 1
 
@@ -100,6 +101,7 @@ def inspection(path, cfg):
                       "retry_interval": cfg.retry_interval},
             "metrics": {"listen": listen},
             "log_level": cfg.log_level,
+            "state_dir": cfg.state_dir,
             "grpc": {"workers": cfg.workers, "shutdown_grace": cfg.shutdown_grace},
         },
     }

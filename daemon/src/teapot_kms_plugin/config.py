@@ -13,8 +13,10 @@ AUTH_TYPES = ("password", "v3applicationcredential")
 INTERFACES = ("public", "internal", "admin")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_METRICS_LISTEN = ("127.0.0.1", 9464)
+# Where the plugin keeps what it must remember across restarts (the key pins).
+DEFAULT_STATE_DIR = "/var/lib/teapot-kms"
 # Config fields (of Config) read only at start: a reload keeps the running values.
-RESTART_ONLY = ("socket", "socket_group", "metrics_listen", "workers")
+RESTART_ONLY = ("socket", "socket_group", "metrics_listen", "workers", "state_dir")
 # Read from their files into BarbicanConfig.auth; never shown.
 SECRET_AUTH_FIELDS = ("password", "application_credential_secret")
 
@@ -56,6 +58,7 @@ class Config:
     log_level: str = "info"
     shutdown_grace: float = 10.0
     workers: int = 8
+    state_dir: str = DEFAULT_STATE_DIR
 
 
 def _mapping(value, field):
@@ -223,7 +226,7 @@ def _listen(raw):
 def parse(data):
     """Validate a parsed YAML document; return a :class:`Config`."""
     data = _mapping(data, "config")
-    _unknown(data, {"socket", "socket_group", "barbican", "keys", "cache", "metrics", "log_level", "grpc"}, "")
+    _unknown(data, {"socket", "socket_group", "barbican", "keys", "cache", "metrics", "log_level", "grpc", "state_dir"}, "")
     socket_path = _string(data.get("socket"), "socket", required=True)
     if not os.path.isabs(socket_path):
         raise ConfigError(f"socket: {socket_path!r} is not an absolute path")
@@ -243,6 +246,9 @@ def parse(data):
     workers = grpc_options.get("workers", 8)
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
         raise ConfigError(f"grpc.workers: expected an integer from 1 to 256, got {workers!r}")
+    state_dir = _string(data.get("state_dir"), "state_dir") or DEFAULT_STATE_DIR
+    if not os.path.isabs(state_dir):
+        raise ConfigError(f"state_dir: {state_dir!r} is not an absolute path")
     group = data.get("socket_group")
     if group is not None and not isinstance(group, (str, int)):
         raise ConfigError("socket_group: expected a group name or id")
@@ -258,6 +264,7 @@ def parse(data):
         log_level=_choice(data.get("log_level"), "log_level", LOG_LEVELS, "info"),
         shutdown_grace=_seconds(grpc_options.get("shutdown_grace"), "grpc.shutdown_grace", 10),
         workers=workers,
+        state_dir=state_dir,
     )
 
 

@@ -13,6 +13,7 @@ from . import config as config_module
 from . import keyring
 from . import keyservice
 from . import logs
+from . import pins
 from . import transport
 from .metrics import Metrics
 
@@ -22,7 +23,7 @@ LOG = logging.getLogger("teapot_kms_plugin")
 def cache_keyring(cfg, fetch, metrics) -> keyring.Keyring:
     """The keyring the plugin serves with: keys cached in memory, refreshed in the background."""
     return keyring.KeyCache(cfg.keys, fetch, cfg.refresh_interval, cfg.max_stale,
-                            retry_interval=cfg.retry_interval, metrics=metrics)
+                            retry_interval=cfg.retry_interval, metrics=metrics, key_pins=pins.open_pins(cfg.state_dir))
 
 
 class Daemon:

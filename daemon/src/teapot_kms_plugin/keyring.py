@@ -16,6 +16,7 @@ import uuid
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from . import pins
 from . import wrapping
 
 LOG = logging.getLogger(__name__)
@@ -42,25 +43,34 @@ class FetchError(Exception):
 class KeyLoadFailed(Exception):
     """A key could not be loaded.  The message is safe to log and to show in Status."""
 
-    def __init__(self, message, fetch_failed):
+    def __init__(self, message, fetch_failed, pin_mismatch=False):
         super().__init__(message)
         self.fetch_failed = fetch_failed
+        self.pin_mismatch = pin_mismatch
 
 
-def load_aead(fetch, ref, metrics=None):
+def load_aead(fetch, ref, metrics=None, key_pins=None):
     """Fetch ``ref`` with ``fetch`` and return its AEAD; record the fetch in ``metrics``.
 
     Every failure becomes KeyLoadFailed: a FetchError keeps its message, a bad
-    secret says why it is unusable, and an unexpected error is named by its
-    type only, since its text is not known to be free of secrets.
+    secret says why it is unusable, material other than the one pinned in
+    ``key_pins`` is refused, and an unexpected error is named by its type only,
+    since its text is not known to be free of secrets.
     """
     started = time.monotonic()
     reason = None
     try:
-        return wrapping.new_aead(fetch(ref))
+        material = fetch(ref)
+        aead = wrapping.new_aead(material)
+        if key_pins is not None:
+            key_pins.verify(ref.key_id, material)
+        return aead
     except FetchError as exc:
         reason = exc.reason
         raise KeyLoadFailed(str(exc), fetch_failed=True) from None
+    except pins.PinMismatch as exc:
+        reason = "pin_mismatch"
+        raise KeyLoadFailed(str(exc), fetch_failed=False, pin_mismatch=True) from None
     except ValueError as exc:
         reason = "bad_key"
         raise KeyLoadFailed(f"secret {ref.ref} is unusable: {exc}", fetch_failed=False) from None
@@ -135,6 +145,8 @@ class KeyState(typing.NamedTuple):
     loaded: bool
     age_seconds: typing.Optional[float]
     last_error: str
+    # Barbican's last answer was other material than the pinned one.
+    pin_mismatch: bool = False
 
 
 Fetch = typing.Callable[[KeyRef], bytes]
@@ -194,10 +206,11 @@ class Keyring(typing.Protocol):
 class _CacheEntry:
     """One key in the cache: its material, when Barbican last confirmed it, and the last error."""
 
-    __slots__ = ("ref", "material", "error")
+    __slots__ = ("ref", "material", "error", "pin_mismatch")
 
     def __init__(self, ref):
         self.ref = ref
+        self.pin_mismatch = False
         # (AEAD or None, monotonic time Barbican last confirmed it or None), replaced as one tuple.
         self.material = (None, None)
         self.error = "not fetched yet"
@@ -206,10 +219,12 @@ class _CacheEntry:
 class KeyCache(Keyring):
     """Cached keys with bounded staleness, refreshed in the background."""
 
-    def __init__(self, refs, fetch, refresh_interval, max_stale, retry_interval=None, metrics=None, clock=time.monotonic):
+    def __init__(self, refs, fetch, refresh_interval, max_stale, retry_interval=None, metrics=None, clock=time.monotonic,
+                 key_pins=None):
         if not refs:
             raise ValueError("the keyring needs at least one key")
         self._fetch = fetch
+        self._pins = key_pins
         self.refresh_interval = refresh_interval
         self.max_stale = max_stale
         self.retry_interval = retry_interval or min(10.0, refresh_interval)
@@ -290,22 +305,28 @@ class KeyCache(Keyring):
             except KeyUnavailable:
                 loaded = False
             states.append(KeyState(ref.key_id, "primary" if index == 0 else "decrypt-only", loaded,
-                                   None if fetched_at is None else now - fetched_at, entry.error))
+                                   None if fetched_at is None else now - fetched_at, entry.error, entry.pin_mismatch))
         return states
 
     # -- fetching ------------------------------------------------------------
 
     def _fetch_into(self, entry, fetch=None):
         try:
-            aead = load_aead(fetch or self._fetch, entry.ref, self._metrics)
+            aead = load_aead(fetch or self._fetch, entry.ref, self._metrics, self._pins)
         except KeyLoadFailed as exc:
+            if exc.pin_mismatch:
+                # Loud, every time: someone changed a key that data depends on. Only check values are logged.
+                LOG.error("key material changed under a known key_id: refused", extra={
+                    "key_id": entry.ref.key_id, "error": str(exc)})
             with self._lock:
                 dropped = exc.fetch_failed and entry.material[0] is None and entry.material[1] is not None
                 entry.error = (f"dropped after max_stale {self.max_stale:.0f}s; " if dropped else "") + str(exc)
+                entry.pin_mismatch = exc.pin_mismatch
             return str(exc)
         with self._lock:
             entry.material = (aead, self._clock())
             entry.error = "none"
+            entry.pin_mismatch = False
         return None
 
     def refresh(self):

@@ -16,6 +16,7 @@ FETCH_DURATION = "teapot_kms_barbican_fetch_duration_seconds"
 FETCH_ERRORS = "teapot_kms_barbican_fetch_errors"
 RELOADS = "teapot_kms_reloads"
 KEY_LOADED = "teapot_kms_key_loaded"
+KEY_PIN_MISMATCH = "teapot_kms_key_pin_mismatch"
 LAST_RELOAD_SUCCESS = "teapot_kms_last_reload_success"
 LAST_RELOAD_TIME = "teapot_kms_last_reload_timestamp_seconds"
 NAMES = {
@@ -28,6 +29,7 @@ NAMES = {
     "fetch_errors": FETCH_ERRORS,
     "reloads": RELOADS,
     "key_loaded": KEY_LOADED,
+    "key_pin_mismatch": KEY_PIN_MISMATCH,
     "last_reload_success": LAST_RELOAD_SUCCESS,
     "last_reload_time": LAST_RELOAD_TIME,
 }
@@ -68,9 +70,13 @@ class _KeyringCollector:
         yield age
         loaded = GaugeMetricFamily(KEY_LOADED, "1 when a configured key's material is loaded and usable now",
                                    labels=["key_id", "role"])
+        mismatch = GaugeMetricFamily(KEY_PIN_MISMATCH, "1 when Barbican returned other material than the key's pinned one",
+                                     labels=["key_id"])
         for key in keys.states():
             loaded.add_metric([key.key_id, key.role], 1 if key.loaded else 0)
+            mismatch.add_metric([key.key_id], 1 if key.pin_mismatch else 0)
         yield loaded
+        yield mismatch
         state = keys.status()
         primary = GaugeMetricFamily(PRIMARY_KEY_INFO, "The key_id Encrypt uses and Status reports",
                                     labels=["key_id"])
