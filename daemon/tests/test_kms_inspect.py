@@ -60,7 +60,7 @@ def test_inspect_reports_effective_settings_without_secrets(tmp_path, capsys):
 
 
 def test_inspect_metrics_address(tmp_path, capsys):
-    _code, out, _err = _inspect(capsys, _write(tmp_path, metrics={"listen": "0.0.0.0:9500"}))
+    _code, out, _err = _inspect(capsys, _write(tmp_path, metrics={"listen": "0.0.0.0:9500", "allow_non_loopback": True}))
     assert json.loads(out)["metrics"]["url"] == "http://127.0.0.1:9500/metrics"
     _code, out, _err = _inspect(capsys, _write(tmp_path, metrics={"listen": "[::1]:9500"}))
     report = json.loads(out)

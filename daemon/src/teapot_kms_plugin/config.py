@@ -205,7 +205,7 @@ def _keys(raw):
     return tuple(refs)
 
 
-def _listen(raw):
+def _listen(raw, allow_non_loopback):
     if raw is None:
         return DEFAULT_METRICS_LISTEN
     if raw is False or raw == "":
@@ -220,6 +220,10 @@ def _listen(raw):
         raise ConfigError(f"metrics.listen: {host!r} is not an IP address") from None
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"metrics.listen: {port!r} is not a TCP port")
+    # The metrics name the keys and tell when Barbican fails: not for the whole network by accident.
+    if not ipaddress.ip_address(host).is_loopback and allow_non_loopback is not True:
+        raise ConfigError(f"metrics.listen: {host} is not a loopback address; set metrics.allow_non_loopback: true "
+                          "to serve the metrics beyond this host")
     return (host, int(port))
 
 
@@ -240,7 +244,10 @@ def parse(data):
         raise ConfigError(f"cache.refresh_interval: {refresh:g}s must be shorter than cache.max_stale ({max_stale:g}s)")
     retry = _seconds(cache.get("retry_interval"), "cache.retry_interval", min(10.0, refresh))
     metrics = _mapping(data.get("metrics"), "metrics")
-    _unknown(metrics, {"listen"}, "metrics")
+    _unknown(metrics, {"listen", "allow_non_loopback"}, "metrics")
+    allow_non_loopback = metrics.get("allow_non_loopback", False)
+    if not isinstance(allow_non_loopback, bool):
+        raise ConfigError(f"metrics.allow_non_loopback: expected true or false, got {allow_non_loopback!r}")
     grpc_options = _mapping(data.get("grpc"), "grpc")
     _unknown(grpc_options, {"workers", "shutdown_grace"}, "grpc")
     workers = grpc_options.get("workers", 8)
@@ -260,7 +267,7 @@ def parse(data):
         refresh_interval=refresh,
         max_stale=max_stale,
         retry_interval=retry,
-        metrics_listen=_listen(metrics.get("listen")),
+        metrics_listen=_listen(metrics.get("listen"), allow_non_loopback),
         log_level=_choice(data.get("log_level"), "log_level", LOG_LEVELS, "info"),
         shutdown_grace=_seconds(grpc_options.get("shutdown_grace"), "grpc.shutdown_grace", 10),
         workers=workers,
