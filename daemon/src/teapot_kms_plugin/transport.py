@@ -171,6 +171,23 @@ def _apply_group(path, group):
     except OSError as exc:
         raise SocketError(f"socket_group: cannot give {path} to group {group!r}: {exc.strerror}") from None
     os.chmod(path, 0o660)
+    _let_group_through(os.path.dirname(path), gid, group)
+
+
+def _let_group_through(parent, gid, group):
+    """A 0660 socket is of no use to the group behind a directory it cannot search (the 0700 default)."""
+    info = os.stat(parent)
+    if info.st_mode & stat.S_IXOTH or (info.st_gid == gid and info.st_mode & stat.S_IXGRP):
+        return
+    if info.st_uid != os.geteuid():
+        raise SocketError(f"socket_group: group {group!r} cannot reach the socket: {parent} is not searchable by it "
+                          "and not the plugin's to change; give the group search permission on it (chgrp, chmod g+x)")
+    try:
+        os.chown(parent, -1, gid)
+    except OSError as exc:
+        raise SocketError(f"socket_group: cannot give {parent} to group {group!r}: {exc.strerror}") from None
+    # Search only: the group reaches the socket by name, it does not list the directory.
+    os.chmod(parent, (stat.S_IMODE(info.st_mode) & ~0o070) | stat.S_IXGRP)
 
 
 def start_server(servicer, path, workers=8, group=None, report=None):
