@@ -405,13 +405,14 @@ class KeyCache(Keyring):
             never_loaded = {entry.ref.key_id for entry in self._ring[1].values() if entry.material[1] is None}
             for key_id, error in errors.items():
                 if key_id in never_loaded:
-                    LOG.error("cannot load key; it is not served until a fetch succeeds (retried with backoff)",
-                              extra={"key_id": key_id, "error": error})
+                    LOG.error("cannot load key; it is not served until a fetch succeeds, retried every %gs at first",
+                              self.retry_interval, extra={"key_id": key_id, "error": error})
                 else:
                     LOG.warning("refreshing key failed; cached material keeps serving up to max_stale",
                                 extra={"key_id": key_id, "error": error})
             failures = failures + 1 if errors else 0
-            delay = self._next_delay(bool(errors), failures)
+            # The first retry after retry_interval, then doubling.
+            delay = self._next_delay(bool(errors), max(failures - 1, 0))
 
     def _failing(self):
         return any(entry.material[0] is None for entry in self._ring[1].values())
