@@ -79,7 +79,7 @@ status:
       type: bool
     healthy:
       description:
-        - Whether C(healthz) is C(ok): the primary key is usable, which is all the kube-apiserver checks.
+        - Whether C(healthz) is C(ok), that is whether the primary key is usable, which is all the kube-apiserver checks.
         - A decrypt-only key may still be missing; see RV(status.all_keys_loaded).
       type: bool
     all_keys_loaded:

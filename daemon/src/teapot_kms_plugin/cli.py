@@ -128,8 +128,9 @@ def main(argv=None, make_keyring=cache_keyring):
                         "the metrics address, the keys with their roles and the settings that need a restart; exit 2 when invalid")
     inspect_parser.add_argument("--config", required=True, help="the YAML configuration file")
     inspect_parser.set_defaults(func=inspect)
-    status_parser = commands.add_parser("status", help="call Status and print it as JSON with every key's state (loaded, age, last error) and the last reload's "
-                         "outcome; exit 1 when Status is not ok or a configured key is not loaded, 2 when unreachable")
+    status_parser = commands.add_parser(
+        "status", help="call Status and print it as JSON with every key's state (loaded, age, last error) and the last "
+                       "reload's outcome; exit 1 when Status is not ok or a configured key is not loaded, 2 when unreachable")
     status_parser.add_argument("--socket", required=True, help="the plugin's unix socket")
     status_parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
     status_parser.set_defaults(func=status)
