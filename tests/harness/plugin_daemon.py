@@ -110,6 +110,7 @@ class PluginProcess:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.config = dict(config)
         self.config.setdefault("socket", str(self.base_dir / "run" / "kms.sock"))
+        self.config.setdefault("state_dir", str(self.base_dir / "state"))
         self.socket = self.config["socket"]
         self.config_path = self.base_dir / "kms-plugin.yaml"
         self.log_path = self.base_dir / f"{name}.log"
@@ -130,7 +131,11 @@ class PluginProcess:
         self.config_path.chmod(0o600)
 
     def start(self, timeout=60.0):
-        """Start and wait until the socket answers Status."""
+        """Start and wait until the socket answers Status and the first fetch of every key has ended.
+
+        The plugin opens its socket before that fetch (Status then says "not fetched yet"):
+        the tests look at what the fetch did.
+        """
         self.process.start()
         self.wait_for_socket(timeout)
         return self
@@ -142,8 +147,9 @@ class PluginProcess:
                 raise RuntimeError(f"the plugin exited with {self.process.popen.returncode}; log:\n{self.log_tail()}")
             if os.path.exists(self.socket):
                 with contextlib.suppress(subprocess.CalledProcessError):
-                    self.status_command()
-                    return
+                    _code, status = self.status_command()
+                    if not any(key["last_error"] == "not fetched yet" for key in status["keys"] or ()):
+                        return
             time.sleep(0.1)
         raise TimeoutError(f"the plugin did not answer on {self.socket} within {timeout:.0f}s; log:\n{self.log_tail()}")
 

@@ -9,7 +9,7 @@ empty value, as upstream.
 import hashlib
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 FROM_STORAGE = "from_storage"
 TO_STORAGE = "to_storage"
@@ -25,6 +25,9 @@ class StandinMetrics:
     def __init__(self, apiserver_id):
         self.apiserver_id_hash = id_hash(apiserver_id)
         self.registry = CollectorRegistry(auto_describe=True)
+        # kube-apiserver exports the process metrics too (component-base registers them);
+        # process_start_time_seconds tells a restarted apiserver from the one before.
+        ProcessCollector(registry=self.registry)
         envelope = "apiserver_envelope_encryption_"
         controller = "apiserver_encryption_config_controller_"
         self.key_id_hash_total = Counter(
