@@ -188,3 +188,18 @@ class PluginProcess:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+@contextlib.contextmanager
+def running_plugin(keystone, barbican, base_dir, kek_prefix="test-kek"):
+    """The plugin daemon, started, wrapping with a KEK just ordered in ``barbican`` for Keystone's plugin user."""
+    kek = order_kek(barbican, keystone.plugin_user, f"{kek_prefix}-{time.time_ns()}")
+    base_dir = pathlib.Path(base_dir)
+    section = password_barbican_section(keystone.plugin_user, base_dir / "plugin-secrets", region_name=keystone.region_name)
+    plugin = PluginProcess(plugin_venv(), base_dir / "plugin", {"barbican": section, "keys": [kek],
+                                                                "metrics": {"listen": f"127.0.0.1:{free_port()}"}})
+    plugin.start()
+    try:
+        yield plugin
+    finally:
+        plugin.stop()

@@ -32,8 +32,7 @@ import yaml
 
 from tests.harness.collection import make_importable
 from tests.harness.playbook import PlaybookRunner
-from tests.harness.plugin_daemon import PluginProcess, order_kek, password_barbican_section, plugin_venv
-from tests.harness.procs import free_port
+from tests.harness.plugin_daemon import running_plugin
 from tests.harness.standin.process import StandinProcess
 
 make_importable()
@@ -125,13 +124,8 @@ def etcd_e2e(harness_servers):
 
 @pytest.fixture
 def plugin(keystone, barbican, tmp_path):
-    kek = order_kek(barbican, keystone.plugin_user, f"e2e-kek-{time.time_ns()}")
-    section = password_barbican_section(keystone.plugin_user, tmp_path / "plugin-secrets", region_name=keystone.region_name)
-    process = PluginProcess(plugin_venv(), tmp_path / "plugin", {"barbican": section, "keys": [kek],
-                                                                 "metrics": {"listen": f"127.0.0.1:{free_port()}"}})
-    process.start()
-    yield process
-    process.stop()
+    with running_plugin(keystone, barbican, tmp_path, "e2e-kek") as process:
+        yield process
 
 
 @pytest.fixture

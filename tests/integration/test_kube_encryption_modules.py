@@ -18,15 +18,13 @@ modules run in real playbooks (ansible-playbook, connection local):
 
 import base64
 import pathlib
-import time
 
 import pytest
 import yaml
 
 from tests.harness.collection import make_importable
 from tests.harness.playbook import PlaybookRunner
-from tests.harness.plugin_daemon import PluginProcess, order_kek, password_barbican_section, plugin_venv
-from tests.harness.procs import free_port
+from tests.harness.plugin_daemon import running_plugin
 from tests.harness.standin.process import StandinProcess
 
 make_importable()
@@ -44,14 +42,8 @@ VOLUMES = [{"name": "teapot-kms-socket", "host_path": "/run/teapot-kms", "mount_
 @pytest.fixture(scope="module")
 def plugin(keystone, barbican, tmp_path_factory):
     """The real KMS plugin daemon with a KEK ordered in the real Barbican."""
-    kek = order_kek(barbican, keystone.plugin_user, f"wiring-kek-{time.time_ns()}")
-    base = tmp_path_factory.mktemp("plugin")
-    section = password_barbican_section(keystone.plugin_user, base / "secrets", region_name=keystone.region_name)
-    process = PluginProcess(plugin_venv(), base / "plugin", {"barbican": section, "keys": [kek],
-                                                             "metrics": {"listen": f"127.0.0.1:{free_port()}"}})
-    process.start()
-    yield process
-    process.stop()
+    with running_plugin(keystone, barbican, tmp_path_factory.mktemp("plugin"), "wiring-kek") as process:
+        yield process
 
 
 @pytest.fixture
