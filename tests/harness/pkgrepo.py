@@ -116,6 +116,8 @@ def debian_repository(rootfs, packages, log=sys.stderr):
         staging = repo.with_name(repo.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
+        print(f"testhosts: building the Debian repository {repo.name} ({len(packages)} packages and what they need; "
+              "once per package list)", file=log, flush=True)
         if packages:
             # Download into the empty staging directory: exactly the packages this set needs.
             options = _apt_options(rootfs, base / "apt", staging)
@@ -183,6 +185,8 @@ def wheel_index(wheels=(), build_wheels=(), log=sys.stderr):
         shutil.rmtree(staging, ignore_errors=True)
         files = staging / "files"
         files.mkdir(parents=True)
+        print(f"testhosts: building the wheel index {index.name} ({len(wheels) + len(build_wheels)} requirements and their "
+              "dependencies; once per list)", file=log, flush=True)
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
         if wheels:
             run([*pip, "download", "--only-binary=:all:", *_host_platform_options(), "--dest", files, *wheels], log)

@@ -12,7 +12,7 @@ from tests.harness.procs import ManagedProcess, run
 from tests.harness.testhosts import TestHostError
 from tests.harness.testhosts.cgroups import cgroup_roots
 from tests.harness.testhosts.host_files import known_hosts_lines, write_host_files
-from tests.harness.testhosts.rootfs import build_rootfs
+from tests.harness.testhosts.rootfs import build_rootfs, rootfs_key
 from tests.harness.testhosts.ssh import wait_for_ssh
 from tests.harness.testhosts.state_file import State, alive, process_start_time
 from tests.harness.testhosts.subnets import pick_subnet
@@ -80,6 +80,9 @@ def _up_locked(state_path, run_id, run_dir, wanted, log):
 def _up(state, run_dir, names, debs, wheels, build_wheels, log):
     started = time.monotonic()
     log_dir = pathlib.Path(state.data["log_dir"])
+    if not (cache_dir("rootfs") / rootfs_key()).is_dir():
+        print(f"testhosts: building the hosts' Debian 12 rootfs with debootstrap (once per cache; log: {log_dir / 'debootstrap.log'})",
+              file=log, flush=True)
     rootfs = build_rootfs(log=log_dir / "debootstrap.log")
     print(f"testhosts: rootfs {rootfs} ready after {time.monotonic() - started:.0f}s", file=log)
     sources = pkgrepo.prepare(rootfs, debs=debs, wheels=wheels, build_wheels=build_wheels, log=log)
