@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 
 from tests.harness.procs import ManagedProcess, free_port, wait_for_port
 
@@ -153,7 +154,17 @@ class PostgreSQLServer:
         ])
         self.process = ManagedProcess("postgresql", argv, self.log_path, cwd=self.base_dir).start()
         wait_for_port(self.host, self.port, timeout=60, process=self.process)
+        self._wait_until_accepting(timeout=60)
         return self
+
+    def _wait_until_accepting(self, timeout):
+        """The port opens while the server is still starting up and refusing sessions: wait for pg_isready."""
+        deadline = time.monotonic() + timeout
+        argv = [self.bin_dir / "pg_isready", "-q", "-h", self.socket_dir, "-p", str(self.port), "-U", "postgres"]
+        while subprocess.run([str(arg) for arg in argv], check=False).returncode != 0:
+            if not self.process.running() or time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not accept connections within {timeout:.0f}s; log:\n{self.process.log_tail()}")
+            time.sleep(0.2)
 
     def execute(self, sql, database="postgres"):
         """Run SQL as the superuser over the private socket."""
