@@ -116,12 +116,12 @@ author:
 '''
 
 EXAMPLES = r'''
-- name: Order the key-encryption key of the cluster, readable only by the plugin's user
+- name: Order the key-encryption key of the cluster as the key custodian, readable only by the plugin's user
   teapot.kms.barbican_key:
     auth:
       auth_url: https://keystone.example:5000/v3
-      username: kms-plugin
-      password: "{{ kms_plugin_password }}"
+      username: kms-key-custodian
+      password: "{{ kms_custodian_password }}"
       project_name: kms
       user_domain_name: Default
       project_domain_name: Default

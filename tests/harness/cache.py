@@ -10,12 +10,14 @@ import os
 import pathlib
 
 
+def cache_root():
+    """The harness cache directory (not created)."""
+    return pathlib.Path(os.environ.get("TEAPOT_KMS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "teapot-kms"))
+
+
 def cache_dir(*parts):
     """Return (and create) a directory below the harness cache."""
-    base = os.environ.get("TEAPOT_KMS_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "teapot-kms"
-    )
-    path = pathlib.Path(base, *parts)
+    path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -3,7 +3,10 @@
 ``KeystoneService.start()`` bootstraps Keystone and creates what Barbican and
 the KMS plugin tests need: the ``service`` project with the ``barbican``
 service user, the ``kms`` project with two members (``kms-plugin`` and
-``kms-other``) and an application credential for ``kms-plugin``.
+``kms-other``), an application credential for ``kms-plugin``, and the
+least-privilege pair the collection's playbooks deploy: ``kms-key-custodian``
+(member: orders keys, sets their ACLs) and ``kms-plugin-reader`` (only
+``reader``: reads a key its ACL grants it).
 """
 
 import dataclasses
@@ -92,6 +95,8 @@ class KeystoneService:
         self.service_user = Credentials(self.auth_url, "barbican", secrets.token_urlsafe(18), "service")
         self.plugin_user = Credentials(self.auth_url, "kms-plugin", secrets.token_urlsafe(18), "kms")
         self.other_member = Credentials(self.auth_url, "kms-other", secrets.token_urlsafe(18), "kms")
+        self.key_custodian = Credentials(self.auth_url, "kms-key-custodian", secrets.token_urlsafe(18), "kms")
+        self.reader_plugin_user = Credentials(self.auth_url, "kms-plugin-reader", secrets.token_urlsafe(18), "kms")
         self.plugin_app_cred = None
         self._key_manager_service_id = None
 
@@ -180,6 +185,8 @@ class KeystoneService:
         user(self.service_user, service_project, ("service", "admin"))
         plugin_user = user(self.plugin_user, kms_project, ("member",))
         user(self.other_member, kms_project, ("member",))
+        user(self.key_custodian, kms_project, ("member",))
+        user(self.reader_plugin_user, kms_project, ("reader",))
         # Keystone lets only the user itself create its application credentials.
         plugin_conn = self.connection(self.plugin_user)
         app_cred = plugin_conn.identity.create_application_credential(

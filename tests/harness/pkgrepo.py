@@ -26,7 +26,7 @@ import shutil
 import sys
 
 from tests.harness.cache import cache_dir, file_lock
-from tests.harness.procs import ManagedProcess, free_port, run, wait_for_port
+from tests.harness.procs import CommandError, ManagedProcess, free_port, run, wait_for_port
 from tests.harness.testhosts import TestHostError
 from tests.harness.testhosts.apt_sources import SUITE, debian_mirror
 from tests.harness.testhosts.state_file import process_start_time
@@ -116,6 +116,8 @@ def debian_repository(rootfs, packages, log=sys.stderr):
         staging = repo.with_name(repo.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
+        print(f"testhosts: building the Debian repository {repo.name} ({len(packages)} packages and what they need; "
+              "once per package list)", file=log, flush=True)
         if packages:
             # Download into the empty staging directory: exactly the packages this set needs.
             options = _apt_options(rootfs, base / "apt", staging)
@@ -183,6 +185,8 @@ def wheel_index(wheels=(), build_wheels=(), log=sys.stderr):
         shutil.rmtree(staging, ignore_errors=True)
         files = staging / "files"
         files.mkdir(parents=True)
+        print(f"testhosts: building the wheel index {index.name} ({len(wheels) + len(build_wheels)} requirements and their "
+              "dependencies; once per list)", file=log, flush=True)
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
         if wheels:
             run([*pip, "download", "--only-binary=:all:", *_host_platform_options(), "--dest", files, *wheels], log)
@@ -281,14 +285,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         print(json.dumps(build(args.dest, args.dpkg_status, args.deb, args.wheel, args.build_wheel), indent=2))
-    except (TestHostError, OSError) as error:
+    except (TestHostError, CommandError, OSError) as error:
         print(f"pkgrepo: {error}", file=sys.stderr)
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    # Run the importable module, so that this entry point and testhosts share one TestHostError.
-    from tests.harness import pkgrepo as _pkgrepo  # pylint: disable=import-self
-
-    sys.exit(_pkgrepo.main())
+    sys.exit(main())

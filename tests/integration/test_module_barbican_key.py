@@ -9,9 +9,8 @@ import yaml
 from barbicanclient import exceptions as barbican_exceptions
 
 from tests.harness.keystone import make_session
-from tests.harness.plugin_daemon import PluginProcess, password_barbican_section, plugin_venv
+from tests.harness.plugin_daemon import first_status
 from tests.harness.playbook import PlaybookRunner
-from tests.harness.procs import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -216,13 +215,6 @@ def test_key_id_is_what_the_plugin_reports(runner, keystone, barbican, conn, plu
     name = _name("kek-plugin")
     run = runner.run([_key_task("order", conn, name=name, acl={"users": [plugin_user_id]})])
     key = run.task("order")["key"]
-    section = password_barbican_section(keystone.plugin_user, tmp_path / "secrets", region_name=keystone.region_name)
-    plugin = PluginProcess(plugin_venv(), tmp_path / "plugin",
-                           {"barbican": section, "keys": [key["href"]], "metrics": {"listen": f"127.0.0.1:{free_port()}"}})
-    try:
-        plugin.start()
-        code, status = plugin.status_command()
-    finally:
-        plugin.stop()
-    assert (code, status["healthz"]) == (0, "ok"), plugin.log_tail()
+    code, status, log_tail = first_status(keystone.plugin_user, [key["href"]], tmp_path, keystone.region_name)
+    assert (code, status["healthz"]) == (0, "ok"), log_tail
     assert status["key_id"] == key["key_id"]

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests.harness.testhosts.state_file import alive
-from tests.harness.testhosts.teardown import processes_rooted_below
+from tests.harness.testhosts.teardown import leftovers
 
 pytestmark = [
     pytest.mark.slow,
@@ -46,20 +46,7 @@ def _link_exists(name):
 
 def _assert_nothing_left(state):
     """Nothing that ``state`` recorded exists any more."""
-    run_dir = state["run_dir"]
-    mountinfo = pathlib.Path("/proc/self/mountinfo").read_text(encoding="utf-8")
-    assert run_dir not in mountinfo
-    assert not _link_exists(state["bridge"])
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
-    for host in state["hosts"]:
-        assert f"vb-{host['machine']}"[:15] not in links
-        assert not alive(host)
-        assert not processes_rooted_below(host["merged"])
-        for group in host["cgroups"]:
-            assert not os.path.exists(group)
-    for server in state["servers"]:
-        assert not alive(server)
-    assert not os.path.exists(run_dir)
+    assert not leftovers(state)
 
 
 def _cli(*args, **kwargs):

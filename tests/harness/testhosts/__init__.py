@@ -7,6 +7,7 @@ Command line (``__main__``)::
         [--deb curl ...] [--wheel prometheus-client ...] [--build-wheel NAME ...]
     python -m tests.harness.testhosts down --state STATE.json
     python -m tests.harness.testhosts prune
+    python -m tests.harness.testhosts inventory --state STATE.json [--group NAME=HOST,HOST ...] [--vars-only]
 
 ``up`` builds (once) a cached bookworm rootfs, creates a bridge that only this
 run uses, boots one container per host on an overlay of that rootfs with a
@@ -17,7 +18,11 @@ address (see ``tests.harness.pkgrepo``).  It prints the state as JSON.
 ``down`` undoes everything that the state file records.  The state file is
 written before each resource is created, so ``down`` also cleans up after an
 aborted ``up``; running it twice is harmless.  ``prune`` does the same for
-runs whose state file was lost but whose processes are all gone.  Console
+runs whose state file was lost but whose processes are all gone.  ``up
+--reuse`` returns a run that is complete and alive instead of refusing it.
+``inventory`` prints an Ansible inventory of the run: its hosts (root over
+SSH with the run's key and known_hosts), the groups given, and the
+collection's package-source variables.  Console
 and package-server logs stay in ``cache_dir("logs", "testhosts", RUN_ID)``.
 The hosts have no route anywhere but their bridge.
 
@@ -32,6 +37,7 @@ Modules, one concern each:
 - ``ssh``: waiting for a host to accept SSH, and its journal when it does not
 - ``boot``: ``up``
 - ``teardown``: ``down`` and ``prune``
+- ``inventory``: the run as an Ansible inventory
 """
 
 

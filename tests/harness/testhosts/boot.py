@@ -12,37 +12,61 @@ from tests.harness.procs import ManagedProcess, run
 from tests.harness.testhosts import TestHostError
 from tests.harness.testhosts.cgroups import cgroup_roots
 from tests.harness.testhosts.host_files import known_hosts_lines, write_host_files
-from tests.harness.testhosts.rootfs import build_rootfs
+from tests.harness.testhosts.rootfs import build_rootfs, rootfs_key
 from tests.harness.testhosts.ssh import wait_for_ssh
-from tests.harness.testhosts.state_file import State, process_start_time
+from tests.harness.testhosts.state_file import State, alive, process_start_time
 from tests.harness.testhosts.subnets import pick_subnet
 from tests.harness.testhosts.teardown import down
 
 FIRST_HOST_OCTET = 10
 
 
-def up(state_path, hosts, debs=(), wheels=(), build_wheels=(), log=sys.stderr):
-    """Boot ``hosts`` (names) and serve the package sources; return the state dict."""
+def up(state_path, hosts, debs=(), wheels=(), build_wheels=(), log=sys.stderr, reuse=False):
+    """Boot ``hosts`` (names) and serve the package sources; return the state dict.
+
+    With ``reuse``, a run that ``state_path`` describes is returned as it is
+    when it is complete and every one of its processes is alive, with the same
+    hosts and package lists; any other run there is torn down first.
+    """
     if not hosts:
         raise TestHostError("up needs at least one host name")
     if len(set(hosts)) != len(hosts):
         raise TestHostError(f"host names repeat: {hosts}")
+    wanted = _requested(hosts, debs, wheels, build_wheels)
     existing = State.load(state_path)
     if existing is not None:
-        if existing.processes_alive():
+        if reuse and existing.data.get("requested") == wanted and _complete_and_alive(existing):
+            print(f"testhosts: run {existing.data['run_id']} is up, reusing it", file=log)
+            return existing.data
+        if existing.processes_alive() and not reuse:
             raise TestHostError(f"{state_path} describes a run that is still up: run down first")
+        if existing.processes_alive():
+            print(f"testhosts: run {existing.data.get('run_id')} is incomplete, partly down or was made from other "
+                  "lists: tearing it down", file=log)
         down(state_path, log=log)
 
     run_id = uuid.uuid4().hex[:8]
     run_dir = cache_dir("runs", run_id)
     with file_lock(run_dir / "up.lock"):
-        return _up_locked(state_path, run_id, run_dir, hosts, debs, wheels, build_wheels, log)
+        return _up_locked(state_path, run_id, run_dir, wanted, log)
 
 
-def _up_locked(state_path, run_id, run_dir, hosts, debs, wheels, build_wheels, log):
+def _requested(hosts, debs, wheels, build_wheels):
+    return {"hosts": list(hosts), "debs": list(debs), "wheels": list(wheels), "build_wheels": list(build_wheels)}
+
+
+def _complete_and_alive(state):
+    """Whether ``up`` finished this run and every process it started still runs."""
+    records = state.data.get("hosts", []) + state.data.get("servers", [])
+    return "package_sources" in state.data and bool(records) and all(alive(record) for record in records)
+
+
+def _up_locked(state_path, run_id, run_dir, wanted, log):
+    hosts, debs, wheels, build_wheels = wanted["hosts"], wanted["debs"], wanted["wheels"], wanted["build_wheels"]
     # Logs outlive the run (down removes run_dir): console output explains a failed converge.
     log_dir = cache_dir("logs", "testhosts", run_id)
-    state = State(state_path, {"run_id": run_id, "run_dir": str(run_dir), "log_dir": str(log_dir), "hosts": [], "servers": []})
+    state = State(state_path, {"run_id": run_id, "run_dir": str(run_dir), "log_dir": str(log_dir), "hosts": [], "servers": [],
+                               "requested": wanted})
     state.save()
     try:
         _up(state, run_dir, list(hosts), debs, wheels, build_wheels, log)
@@ -56,6 +80,9 @@ def _up_locked(state_path, run_id, run_dir, hosts, debs, wheels, build_wheels, l
 def _up(state, run_dir, names, debs, wheels, build_wheels, log):
     started = time.monotonic()
     log_dir = pathlib.Path(state.data["log_dir"])
+    if not (cache_dir("rootfs") / rootfs_key()).is_dir():
+        print(f"testhosts: building the hosts' Debian 12 rootfs with debootstrap (once per cache; log: {log_dir / 'debootstrap.log'})",
+              file=log, flush=True)
     rootfs = build_rootfs(log=log_dir / "debootstrap.log")
     print(f"testhosts: rootfs {rootfs} ready after {time.monotonic() - started:.0f}s", file=log)
     sources = pkgrepo.prepare(rootfs, debs=debs, wheels=wheels, build_wheels=build_wheels, log=log)

@@ -60,22 +60,27 @@ def _link_exists(name):
     return subprocess.run(["ip", "link", "show", "dev", name], capture_output=True, check=False).returncode == 0
 
 
-def _stop_record(record, grace, log):
-    """SIGTERM the process a record names (only if it is still that process), then SIGKILL."""
-    if not alive(record):
-        return
-    pid = record["pid"]
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+def _stop_records(records, grace, log):
+    """SIGTERM every process the records name (only those still alive), wait up to ``grace`` for all, then SIGKILL.
+
+    All at once: each host's clean poweroff runs while the others' do, so a
+    run's teardown takes as long as its slowest host, not the sum of them.
+    """
+    records = [record for record in records if alive(record)]
+    for record in records:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record["pid"], signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while alive(record) and time.monotonic() < deadline:
+    while any(alive(record) for record in records) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if alive(record):
-        print(f"testhosts: {record.get('name')} (pid {pid}) ignored SIGTERM, killing it", file=log)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    for record in records:
+        if alive(record):
+            pid = record["pid"]
+            print(f"testhosts: {record.get('name')} (pid {pid}) ignored SIGTERM, killing it", file=log)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def prune(log=sys.stderr):
@@ -109,10 +114,8 @@ def down(state_path, log=sys.stderr):
     if state is None:
         return
     data = state.data
-    for server in data.get("servers", []):
-        _stop_record(server, 10.0, log)
-    for host in data.get("hosts", []):
-        _stop_record(host, POWEROFF_WAIT_SECONDS, log)
+    _stop_records(data.get("servers", []), 10.0, log)
+    _stop_records(data.get("hosts", []), POWEROFF_WAIT_SECONDS, log)
     for host in data.get("hosts", []):
         merged = host.get("merged")
         if not merged:
@@ -148,3 +151,26 @@ def down(state_path, log=sys.stderr):
     if run_dir and os.path.isdir(run_dir):
         shutil.rmtree(run_dir)
     state.path.unlink(missing_ok=True)
+
+
+def leftovers(data):
+    """What of the run ``data`` (its state) still exists: mounts, links, processes, cgroups, files; [] when nothing."""
+    found = []
+    run_dir = data.get("run_dir")
+    if run_dir and _mounts_below(run_dir):
+        found.append(f"mounts below {run_dir}: {_mounts_below(run_dir)}")
+    if data.get("bridge") and _link_exists(data["bridge"]):
+        found.append(f"bridge {data['bridge']}")
+    for host in data.get("hosts", []):
+        veth = f"vb-{host.get('machine', '')}"[:15]
+        if host.get("machine") and _link_exists(veth):
+            found.append(f"link {veth}")
+        if alive(host):
+            found.append(f"systemd-nspawn of {host.get('name')} (pid {host.get('pid')})")
+        if host.get("merged") and processes_rooted_below(host["merged"]):
+            found.append(f"processes inside {host.get('name')}: {processes_rooted_below(host['merged'])}")
+        found += [f"cgroup {group}" for group in host.get("cgroups", []) if os.path.exists(group)]
+    found += [f"{server.get('name')} (pid {server.get('pid')})" for server in data.get("servers", []) if alive(server)]
+    if run_dir and os.path.exists(run_dir):
+        found.append(f"directory {run_dir}")
+    return found
