@@ -59,19 +59,22 @@ class PerCallKeys(keyring.Keyring):
     def ages(self):
         return {}
 
+    def states(self):
+        # Nothing is held: a key is "loaded" only in the sense that the last call could fetch it.
+        return [keyring.KeyState(ref.key_id, "primary" if index == 0 else "decrypt-only", not self._last_error, None,
+                                 self._last_error or "none")
+                for index, ref in enumerate(self._refs)]
+
     def refresh(self):
         return {}
 
-    def replace(self, refs):
+    def replace(self, refs, fetch):
         self._refs = tuple(refs)
-        return {}
+        self._fetch = fetch
 
     @property
     def fetcher(self):
         return self._fetch
-
-    def swap_fetcher(self, fetch):
-        self._fetch = fetch
 
     def set_timings(self, refresh_interval, max_stale, retry_interval):
         """No cache, no timings."""
@@ -79,7 +82,7 @@ class PerCallKeys(keyring.Keyring):
     def start(self):
         """Nothing runs in the background."""
 
-    def stop(self):
+    def stop(self, timeout=2.0):
         """Nothing runs in the background."""
 
 

@@ -86,7 +86,8 @@ def run_reencrypt(runner, standin, work, args):
         "teapot_kms_reencrypt_qps": args.qps, "teapot_kms_reencrypt_page_size": args.page_size, "teapot_kms_reencrypt_poll": 1,
     }
     started = time.perf_counter()
-    run = runner.run_playbook("teapot.kms.reencrypt", ["kube_control_plane"], extra_vars=extra_vars, timeout=24 * 3600)
+    run = runner.run_playbook("teapot.kms.reencrypt", runner.local_inventory(["kube_control_plane"]), extra_vars=extra_vars,
+                              timeout=24 * 3600)
     wall = time.perf_counter() - started
     if run.returncode != 0:
         raise RuntimeError(f"the playbook failed:\n{run.output[-4000:]}")

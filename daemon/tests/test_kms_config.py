@@ -109,6 +109,9 @@ BAD = [
     ("metrics.listen", "localhost", "metrics.listen: expected HOST:PORT"),
     ("metrics.listen", "example.com:9464", "metrics.listen: 'example.com' is not an IP address"),
     ("metrics.listen", "127.0.0.1:99999", "metrics.listen: '99999' is not a TCP port"),
+    ("metrics.listen", "0.0.0.0:9464", "metrics.listen: 0.0.0.0 is not a loopback address; set metrics.allow_non_loopback"),
+    ("metrics.listen", "[::]:9464", "metrics.listen: :: is not a loopback address"),
+    ("metrics.allow_non_loopback", "yes", "metrics.allow_non_loopback: expected true or false"),
     ("log_level", "verbose", "log_level:"),
     ("sockett", "/x", "sockett: unknown field"),
     ("grpc.workers", 0, "grpc.workers:"),
@@ -144,3 +147,10 @@ def test_yaml_error_does_not_echo_content(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(config.ConfigError, match="cannot read"):
         config.load(tmp_path / "absent.yaml")
+
+
+def test_non_loopback_metrics_need_an_explicit_option(tmp_path, valid):
+    valid["metrics"] = {"listen": "[::1]:9464"}
+    assert _load(tmp_path, valid).metrics_listen == ("::1", 9464)
+    valid["metrics"] = {"listen": "192.0.2.10:9464", "allow_non_loopback": True}
+    assert _load(tmp_path, valid).metrics_listen == ("192.0.2.10", 9464)

@@ -55,11 +55,12 @@ def test_inspect_reports_effective_settings_without_secrets(tmp_path, capsys):
                                             "user_domain_name": "Default"}
     assert set(report["restart_only"]) == set(config.RESTART_ONLY)
     assert report["restart_only"] == {"socket": "/run/teapot-kms/kms.sock", "socket_group": None,
-                                      "metrics_listen": "127.0.0.1:9464", "workers": 8}
+                                      "metrics_listen": "127.0.0.1:9464", "workers": 8,
+                                      "state_dir": "/var/lib/teapot-kms"}
 
 
 def test_inspect_metrics_address(tmp_path, capsys):
-    _code, out, _err = _inspect(capsys, _write(tmp_path, metrics={"listen": "0.0.0.0:9500"}))
+    _code, out, _err = _inspect(capsys, _write(tmp_path, metrics={"listen": "0.0.0.0:9500", "allow_non_loopback": True}))
     assert json.loads(out)["metrics"]["url"] == "http://127.0.0.1:9500/metrics"
     _code, out, _err = _inspect(capsys, _write(tmp_path, metrics={"listen": "[::1]:9500"}))
     report = json.loads(out)

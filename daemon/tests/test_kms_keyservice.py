@@ -1,10 +1,12 @@
 """The key service and the ciphertext format: round trips and every malformed input class."""
 
 import os
+import threading
 import time
 import uuid
 
 import pytest
+import daemon_testing
 from daemon_testing import FakeClock
 from daemon_testing import SurprisingFetcher
 
@@ -142,14 +144,14 @@ def test_rotation_keeps_old_ciphertexts(fetcher, two_keys):
     key_service = keyservice.KeyService(two_keys)
     old_ciphertext, old_key_id, annotations = key_service.encrypt(SEED)
     newest = fetcher.add()
-    assert two_keys.replace([newest] + list(two_keys.refs)) == {}
+    two_keys.replace([newest] + list(two_keys.refs), fetcher)
     assert key_service.status() == ("v2", "ok", newest.key_id)
     new_ciphertext, new_key_id, _annotations = key_service.encrypt(SEED)
     assert new_key_id == newest.key_id != old_key_id
     assert key_service.decrypt(old_ciphertext, old_key_id, annotations) == SEED
     assert key_service.decrypt(new_ciphertext, new_key_id, annotations) == SEED
     # Dropping the old key: its ciphertexts now name it as unknown.
-    two_keys.replace([newest])
+    two_keys.replace([newest], fetcher)
     error = _refused(key_service.decrypt, old_ciphertext, old_key_id, annotations)
     assert error.code == keyservice.NOT_FOUND and old_key_id in str(error)
 
@@ -158,9 +160,69 @@ def test_replace_keeps_old_ring_when_new_primary_fails(fetcher, two_keys):
     missing = keyring.KeyRef.parse(str(uuid.uuid4()))
     before = two_keys.refs
     with pytest.raises(keyring.KeyUnavailable, match=missing.key_id):
-        two_keys.replace([missing] + list(before))
+        two_keys.replace([missing] + list(before), fetcher)
     assert two_keys.refs == before
     assert two_keys.status()[0]
+
+
+def test_reload_is_refused_unless_every_key_loads(fetcher, two_keys):
+    """A decrypt-only key the new config names but Barbican cannot give: nothing changes."""
+    missing = keyring.KeyRef.parse(str(uuid.uuid4()))
+    before = two_keys.refs
+    newest = fetcher.add()
+    with pytest.raises(keyring.KeyUnavailable, match=missing.key_id):
+        two_keys.replace([newest, missing] + list(before), fetcher)
+    assert two_keys.refs == before and two_keys.primary_ref != newest
+
+
+def test_refused_reload_keeps_the_running_fetcher(fetcher, two_keys):
+    """New credentials that cannot read the keys are not adopted for later refreshes either."""
+    wrong_credentials = daemon_testing.DictFetcher()
+    wrong_credentials.fail = "401 Unauthorized"
+    with pytest.raises(keyring.KeyUnavailable, match="401"):
+        two_keys.replace(list(two_keys.refs), wrong_credentials)
+    assert two_keys.fetcher is fetcher
+    assert two_keys.refresh() == {}
+
+
+def test_states_report_every_key(fetcher):
+    clock = FakeClock()
+    primary, older = fetcher.add(), fetcher.add()
+    cache = keyring.KeyCache([primary, older], fetcher, refresh_interval=10, max_stale=100, clock=clock)
+    del fetcher.material[older.uuid]
+    cache.refresh()
+    clock.now += 7
+    loaded, missing = cache.states()
+    assert loaded == (primary.key_id, "primary", True, 7.0, "none", False)
+    assert missing.key_id == older.key_id and missing.role == "decrypt-only" and not missing.loaded
+    assert missing.age_seconds is None and "no secret" in missing.last_error
+    # Status stays tied to the primary alone (see docs/kms-plugin.md, "Health").
+    assert cache.status().healthy
+
+
+def test_eviction_never_drops_a_key_refreshed_meanwhile(fetcher):
+    """A reader that judged the old material stale must not drop the material a refresh just stored."""
+    ref = fetcher.add()
+
+    class RefreshingClock(FakeClock):
+        refresh_on_next_read = False
+
+        def __call__(self):
+            if self.refresh_on_next_read:
+                self.refresh_on_next_read = False
+                assert cache.refresh() == {}
+            return self.now
+
+    clock = RefreshingClock()
+    cache = keyring.KeyCache([ref], fetcher, refresh_interval=10, max_stale=100, clock=clock)
+    assert cache.refresh() == {}
+    clock.now += 101
+    # The reader reads the old material, then the clock: the refresh lands in between.
+    clock.refresh_on_next_read = True
+    with pytest.raises(keyring.KeyUnavailable, match="stale"):
+        cache.primary()
+    assert cache.primary().ref == ref
+    assert cache.status().healthy
 
 
 def test_wrong_key_size_is_explained(fetcher):
@@ -338,3 +400,25 @@ def test_results_are_named(key_service, two_keys):
     state = two_keys.status()
     assert state.healthy and state.key_id == made.key_id
     assert two_keys.primary().ref == two_keys.primary_ref
+
+
+def test_stop_does_not_wait_for_a_hung_fetch(fetcher):
+    """A refresh stuck on Barbican must not hold the shutdown past the unit's TimeoutStopSec."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def hanging(ref):
+        entered.set()
+        release.wait(120)
+        return fetcher(ref)
+
+    ref = fetcher.add()
+    cache = keyring.KeyCache([ref], hanging, refresh_interval=5, max_stale=100)
+    cache.start()
+    try:
+        assert entered.wait(30)
+        cache.stop(timeout=0.2)
+        # stop returned while the fetch is still hanging.
+        assert not release.is_set()
+    finally:
+        release.set()

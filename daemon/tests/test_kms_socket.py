@@ -35,6 +35,18 @@ def test_socket_group(tmp_path, key_service):
         server.stop(1).wait()
 
 
+def test_socket_group_can_reach_the_socket(tmp_path, key_service):
+    """The directory the plugin creates (0700) would hide a 0660 socket from its group."""
+    path = tmp_path / "new" / "kms.sock"
+    gid = os.getgid()
+    server = transport.start_server(transport.Servicer(key_service), str(path), workers=2, group=str(gid))
+    try:
+        info = os.stat(path.parent)
+        assert stat.S_IMODE(info.st_mode) == 0o710 and info.st_gid == gid
+    finally:
+        server.stop(1).wait()
+
+
 def test_refuses_regular_file(tmp_path, key_service):
     path = tmp_path / "kms.sock"
     path.write_text("not a socket")

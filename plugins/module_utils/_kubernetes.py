@@ -147,14 +147,14 @@ class KubeClient:
                             "and update on the resources", status)
         return status, parsed, headers
 
-    def preferred_version(self, group):
-        """The group's preferred version, from API discovery (``/apis``)."""
+    def preferred_version(self, group, plural):
+        """The preferred version of ``group``, from API discovery (``/apis``)."""
         status, body, _headers = self.request("GET", "/apis")
         if status == 200 and isinstance(body, dict):
             for entry in body.get("groups") or []:
                 if entry.get("name") == group and (entry.get("preferredVersion") or {}).get("version"):
                     return entry["preferredVersion"]["version"]
-            raise KubeError(f"the Kubernetes API at {self.server} does not serve the API group {group}: check the "
-                            f"resource name, or give the version as <plural>.<version>.{group}", 404)
+            raise KubeError(f"the Kubernetes API at {self.server} does not serve the API group {group} of "
+                            f"{plural}.{group}: check the resource name (is its CustomResourceDefinition installed?)", 404)
         raise KubeError(f"API discovery (/apis) at {self.server} answered {status}: {status_message(body)}; give the "
-                        f"version as <plural>.<version>.{group}", status)
+                        f"version in the resource name, as {plural}.<version>.{group}", status)

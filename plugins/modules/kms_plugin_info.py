@@ -9,7 +9,8 @@ short_description: Report the state of the teapot KMS plugin on a host
 version_added: 0.1.0
 description:
   - Calls the plugin's KMS v2 C(Status) over its unix socket (C(teapot-kms-plugin status)) and reports
-    C(healthz), C(key_id) and C(version).
+    C(healthz), C(key_id) and C(version), each configured key's state (loaded, age of its material, last error)
+    and the outcome of the last reload.
   - Asks the plugin what its configuration means (C(teapot-kms-plugin inspect)) for its socket, the configured
     keys (as key_ids, primary first) and its metrics endpoint, and reads that endpoint for the keys currently
     loaded in memory.
@@ -55,7 +56,10 @@ EXAMPLES = r'''
 - name: Wait until the plugin is healthy with the new key
   teapot.kms.kms_plugin_info:
   register: kms_plugin
-  until: kms_plugin.status.healthy and kms_plugin.status.key_id == kms_plugin.configured_key_ids[0]
+  until:
+    - kms_plugin.status.healthy
+    - kms_plugin.status.all_keys_loaded
+    - kms_plugin.status.key_id == kms_plugin.configured_key_ids[0]
   retries: 30
   delay: 2
 
@@ -74,8 +78,46 @@ status:
       description: Whether the socket answered.
       type: bool
     healthy:
-      description: Whether C(healthz) is C(ok).
+      description:
+        - Whether C(healthz) is C(ok), that is whether the primary key is usable, which is all the kube-apiserver checks.
+        - A decrypt-only key may still be missing; see RV(status.all_keys_loaded).
       type: bool
+    all_keys_loaded:
+      description: Whether every configured key, decrypt-only ones included, is loaded and usable now.
+      type: bool
+    keys:
+      description: Every configured key as the plugin holds it, primary first; V(null) when the plugin cannot tell.
+      type: list
+      elements: dict
+      contains:
+        key_id:
+          description: The key_id.
+          type: str
+        role:
+          description: C(primary) or C(decrypt-only).
+          type: str
+        loaded:
+          description: Whether its material is in memory and not older than C(max_stale).
+          type: bool
+        age_seconds:
+          description: Seconds since Barbican last confirmed its material; V(null) when never fetched.
+          type: float
+        last_error:
+          description: Why the last fetch failed, or C(none).
+          type: str
+    reload:
+      description: The outcome of the last reload (SIGHUP); V(null) when none happened since the start.
+      type: dict
+      contains:
+        time:
+          description: When it ended, in seconds since the epoch.
+          type: float
+        result:
+          description: C(ok), or C(refused) when the running keyring stayed.
+          type: str
+        reason:
+          description: Why it was refused; empty when applied.
+          type: str
     healthz:
       description: C(ok), or why the plugin is unhealthy or unreachable.
       type: str
@@ -169,24 +211,27 @@ class PluginInfo:
 
     def status(self, socket):
         command = self.params["command"]
+        unknown = {"reachable": False, "healthy": False, "key_id": "", "version": "",
+                   "all_keys_loaded": False, "keys": None, "reload": None}
         if not os.path.exists(command):
-            return {"reachable": False, "healthy": False, "healthz": f"{command} does not exist", "key_id": "", "version": ""}
+            return dict(unknown, healthz=f"{command} does not exist")
         if not socket:
-            return {"reachable": False, "healthy": False, "key_id": "", "version": "",
-                    "healthz": f"no socket to ask: set socket, or give a readable config (now {self.params['config']})"}
+            return dict(unknown, healthz=f"no socket to ask: set socket, or give a readable config (now {self.params['config']})")
         rc, out, err = self.module.run_command([command, "status", "--socket", socket, "--timeout", str(self.params["timeout"])])
         try:
             answer = json.loads(out)
         except ValueError:
             message = (err or out).strip().splitlines()
-            return {"reachable": False, "healthy": False, "healthz": f"status failed ({rc}): {message[-1] if message else ''}",
-                    "key_id": "", "version": ""}
+            return dict(unknown, healthz=f"status failed ({rc}): {message[-1] if message else ''}")
         return {
             "reachable": rc in (0, 1),
-            "healthy": rc == 0,
+            "healthy": rc in (0, 1) and answer.get("healthz") == "ok",
             "healthz": answer.get("healthz", ""),
             "key_id": answer.get("key_id", ""),
             "version": answer.get("version", ""),
+            "all_keys_loaded": bool(answer.get("all_keys_loaded")),
+            "keys": answer.get("keys"),
+            "reload": answer.get("reload"),
         }
 
     def loaded_key_ids(self, metrics):

@@ -103,7 +103,7 @@ options:
         revision (controllers, informers) get C(410 Gone) and list everything again, which loads the API servers
         for a while on a large cluster. The API server compacts on its own every few minutes anyway; this option
         only makes it happen now.
-      - Backups and snapshots of etcd taken before still hold the old values: rotate or destroy them separately.
+      - Backups and snapshots of etcd taken before still hold the old values. Rotate or destroy them separately.
     type: bool
     default: false
   etcd_defragment:
@@ -116,7 +116,7 @@ options:
     default: false
 requirements:
   - the C(kubernetes) Python client on the node that runs the module (tested with 37.0.2, the version the
-    C(teapot.kms.reencrypt) playbook installs into its own venv)
+    C(teapot.kms.reencrypt) playbook installs into its own venv, and with 31.0.0)
 notes:
   - Switch every API server to the new EncryptionConfiguration (and wait until each reports the new key) before
     running this; an API server still on the old configuration would write objects back under the old provider.
@@ -395,7 +395,7 @@ class Reencryptor:
             except ValueError as exc:
                 self.fail(str(exc))
             if resource.version is None:
-                resource.version = self.client.preferred_version(resource.group)
+                resource.version = self.client.preferred_version(resource.group, resource.plural)
             resources.append(resource)
         return resources
 

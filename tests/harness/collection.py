@@ -1,5 +1,6 @@
 """Make this checkout importable as ``ansible_collections.teapot.kms`` in the test process."""
 
+import contextlib
 import hashlib
 import sys
 
@@ -16,7 +17,8 @@ def make_importable():
     link = root / "ansible_collections" / "teapot" / "kms"
     link.parent.mkdir(parents=True, exist_ok=True)
     if not link.is_symlink():
-        link.symlink_to(REPO)
+        with contextlib.suppress(FileExistsError):  # another pytest worker linked it first
+            link.symlink_to(REPO)
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     return root

@@ -26,7 +26,7 @@ import shutil
 import sys
 
 from tests.harness.cache import cache_dir, file_lock
-from tests.harness.procs import ManagedProcess, free_port, run, wait_for_port
+from tests.harness.procs import CommandError, ManagedProcess, free_port, run, wait_for_port
 from tests.harness.testhosts import TestHostError
 from tests.harness.testhosts.apt_sources import SUITE, debian_mirror
 from tests.harness.testhosts.state_file import process_start_time
@@ -285,14 +285,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         print(json.dumps(build(args.dest, args.dpkg_status, args.deb, args.wheel, args.build_wheel), indent=2))
-    except (TestHostError, OSError) as error:
+    except (TestHostError, CommandError, OSError) as error:
         print(f"pkgrepo: {error}", file=sys.stderr)
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    # Run the importable module, so that this entry point and testhosts share one TestHostError.
-    from tests.harness import pkgrepo as _pkgrepo  # pylint: disable=import-self
-
-    sys.exit(_pkgrepo.main())
+    sys.exit(main())

@@ -7,7 +7,6 @@ cache, keyed by a hash of the plugin's sources.
 """
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -20,8 +19,8 @@ import urllib.request
 
 import yaml
 
-from tests.harness.cache import cache_dir
-from tests.harness.procs import ManagedProcess, free_port
+from tests.harness.cache import cache_dir, file_lock
+from tests.harness.procs import ManagedProcess, free_port, run
 
 SOURCE = pathlib.Path(__file__).resolve().parents[2] / "daemon"
 _MARKER = ".teapot-complete"
@@ -36,12 +35,6 @@ def source_hash():
     return digest.hexdigest()[:12]
 
 
-def _run(argv, log):
-    result = subprocess.run([str(arg) for arg in argv], stdout=log, stderr=subprocess.STDOUT, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(str(arg) for arg in argv[:4])} ... failed with {result.returncode}; see {log.name}")
-
-
 def plugin_venv():
     """Build (once per source hash) and return the venv with ``teapot-kms-plugin`` installed offline."""
     key = source_hash()
@@ -49,16 +42,15 @@ def plugin_venv():
     if (venv / _MARKER).exists():
         return venv
     wheels = cache_dir("wheels", f"kms-plugin-{key}")
-    with open(f"{venv}.lock", "a+", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(f"{venv}.lock"):
         if (venv / _MARKER).exists():
             return venv
         if venv.exists():
             shutil.rmtree(venv)
         with open(f"{venv}.build.log", "w", encoding="utf-8") as log:
-            _run([sys.executable, "-m", "pip", "wheel", "--quiet", str(SOURCE), "-w", wheels], log)
-            _run([sys.executable, "-m", "venv", venv], log)
-            _run([venv / "bin" / "pip", "install", "--quiet", "--no-index", "--find-links", wheels, "teapot-kms-plugin"], log)
+            run([sys.executable, "-m", "pip", "wheel", "--quiet", str(SOURCE), "-w", wheels], log)
+            run([sys.executable, "-m", "venv", venv], log)
+            run([venv / "bin" / "pip", "install", "--quiet", "--no-index", "--find-links", wheels, "teapot-kms-plugin"], log)
         (venv / _MARKER).write_text(key + "\n", encoding="utf-8")
     return venv
 
@@ -118,6 +110,7 @@ class PluginProcess:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.config = dict(config)
         self.config.setdefault("socket", str(self.base_dir / "run" / "kms.sock"))
+        self.config.setdefault("state_dir", str(self.base_dir / "state"))
         self.socket = self.config["socket"]
         self.config_path = self.base_dir / "kms-plugin.yaml"
         self.log_path = self.base_dir / f"{name}.log"
@@ -138,7 +131,11 @@ class PluginProcess:
         self.config_path.chmod(0o600)
 
     def start(self, timeout=60.0):
-        """Start and wait until the socket answers Status."""
+        """Start and wait until the socket answers Status and the first fetch of every key has ended.
+
+        The plugin opens its socket before that fetch (Status then says "not fetched yet"):
+        the tests look at what the fetch did.
+        """
         self.process.start()
         self.wait_for_socket(timeout)
         return self
@@ -150,8 +147,9 @@ class PluginProcess:
                 raise RuntimeError(f"the plugin exited with {self.process.popen.returncode}; log:\n{self.log_tail()}")
             if os.path.exists(self.socket):
                 with contextlib.suppress(subprocess.CalledProcessError):
-                    self.status_command()
-                    return
+                    _code, status = self.status_command()
+                    if not any(key["last_error"] == "not fetched yet" for key in status["keys"] or ()):
+                        return
             time.sleep(0.1)
         raise TimeoutError(f"the plugin did not answer on {self.socket} within {timeout:.0f}s; log:\n{self.log_tail()}")
 
@@ -190,3 +188,18 @@ class PluginProcess:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+@contextlib.contextmanager
+def running_plugin(keystone, barbican, base_dir, kek_prefix="test-kek"):
+    """The plugin daemon, started, wrapping with a KEK just ordered in ``barbican`` for Keystone's plugin user."""
+    kek = order_kek(barbican, keystone.plugin_user, f"{kek_prefix}-{time.time_ns()}")
+    base_dir = pathlib.Path(base_dir)
+    section = password_barbican_section(keystone.plugin_user, base_dir / "plugin-secrets", region_name=keystone.region_name)
+    plugin = PluginProcess(plugin_venv(), base_dir / "plugin", {"barbican": section, "keys": [kek],
+                                                                "metrics": {"listen": f"127.0.0.1:{free_port()}"}})
+    plugin.start()
+    try:
+        yield plugin
+    finally:
+        plugin.stop()

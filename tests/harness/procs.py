@@ -29,7 +29,7 @@ def run(argv, log=None, **kwargs):
     argv = [str(arg) for arg in argv]
     result = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
     if log is not None and result.stderr:
-        print(result.stderr.rstrip()[-2000:], file=log)
+        print(result.stderr.rstrip(), file=log)
     if result.returncode != 0:
         raise CommandError(
             f"{' '.join(argv)} exited with {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"

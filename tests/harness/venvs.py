@@ -15,7 +15,12 @@ import shutil
 import subprocess
 import sys
 
+import yaml
+
 from tests.harness.cache import cache_dir, file_lock
+
+_BARBICAN_DEFAULTS = yaml.safe_load(
+    (pathlib.Path(__file__).resolve().parents[2] / "roles" / "barbican" / "defaults" / "main.yml").read_text(encoding="utf-8"))
 
 REQUIREMENTS = {
     "keystone": (
@@ -28,19 +33,37 @@ REQUIREMENTS = {
         "PyMySQL==1.2.4",
         "psycopg[binary]==3.3.9",
     ),
+    # Barbican's venv as the barbican role builds it for barbican_backend dogtag.
+    "barbican-dogtag": (
+        f"barbican=={_BARBICAN_DEFAULTS['barbican_version']}",
+        f"uWSGI=={_BARBICAN_DEFAULTS['barbican_uwsgi_version']}",
+    ),
+}
+
+# Installed after REQUIREMENTS with --no-deps, as the role does for the
+# Dogtag client (its python-nss dependency comes from Debian, below).
+NO_DEPS_REQUIREMENTS = {
+    "barbican-dogtag": (f"dogtag-pki=={_BARBICAN_DEFAULTS['barbican_dogtag_pki_version']}",),
+}
+
+# Debian packages' modules linked into the venv, as the role links them
+# (tests/bin/install-system-deps installs python3-nss).
+LINKED_SYSTEM_MODULES = {
+    "barbican-dogtag": ("/usr/lib/python3/dist-packages/nss",),
 }
 
 _MARKER = ".teapot-complete"
 
 
-def _key(requirements):
+def _key(name):
+    requirements = (*REQUIREMENTS[name], *NO_DEPS_REQUIREMENTS.get(name, ()), *LINKED_SYSTEM_MODULES.get(name, ()))
     text = "\n".join(sorted(requirements)) + "\n" + sys.version.split()[0]
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def venv_path(name):
     """Where the venv called ``name`` lives (built or not)."""
-    return cache_dir("venvs") / f"{name}-{_key(REQUIREMENTS[name])}"
+    return cache_dir("venvs") / f"{name}-{_key(name)}"
 
 
 def ensure_venv(name):
@@ -54,18 +77,36 @@ def ensure_venv(name):
         if path.exists():
             shutil.rmtree(path)
         log_path = pathlib.Path(f"{path}.build.log")
+        pip = str(path / "bin" / "pip")
         with open(log_path, "wb") as log:
-            for argv in (
+            steps = [
                 [sys.executable, "-m", "venv", str(path)],
-                [str(path / "bin" / "pip"), "install", "--quiet", "--upgrade", "pip"],
-                [str(path / "bin" / "pip"), "install", "--quiet", *REQUIREMENTS[name]],
-            ):
+                [pip, "install", "--quiet", "--upgrade", "pip"],
+                [pip, "install", "--quiet", *REQUIREMENTS[name]],
+            ]
+            if name in NO_DEPS_REQUIREMENTS:
+                steps.append([pip, "install", "--quiet", "--no-deps", *NO_DEPS_REQUIREMENTS[name]])
+            for index, argv in enumerate(steps):
+                if index == len(steps) - 1:
+                    _link_system_modules(name, path)
                 result = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=False, env=_build_env())
                 if result.returncode != 0:
                     tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
                     raise RuntimeError(f"building the {name} venv failed ({' '.join(argv[:3])} ...); see {log_path}:\n{tail}")
         (path / _MARKER).write_text("\n".join(REQUIREMENTS[name]) + "\n", encoding="utf-8")
     return path
+
+
+def _link_system_modules(name, path):
+    modules = LINKED_SYSTEM_MODULES.get(name, ())
+    if not modules:
+        return
+    purelib = subprocess.run([str(path / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    for module in map(pathlib.Path, modules):
+        if not module.exists():
+            raise RuntimeError(f"the {name} venv links {module}, which is missing: run tests/bin/install-system-deps as root")
+        (pathlib.Path(purelib) / module.name).symlink_to(module)
 
 
 def _build_env():

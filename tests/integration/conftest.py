@@ -8,11 +8,20 @@ Fixtures: ``keystone``, ``barbican`` (simple_crypto on sqlite, the catalog's
 key-manager endpoint), ``barbican_p11`` (p11_crypto on SoftHSM2, sqlite),
 ``barbican_factory(flavour=..., database=...)`` (a new instance per call),
 ``mariadb``, ``postgresql``, ``etcd`` and ``etcd_tls`` (client certificates, as kubeadm sets it up).
+
+Under pytest-xdist (``make integration`` runs ``-n 2 --dist loadgroup``) each
+worker has its own session: every test that uses the session's Keystone (and
+so its Barbican instances and databases) is put in one xdist group, so that
+they are started once, on one worker, while the tests that need none of them
+(the test hosts, etcd, a Keystone outage with services of its own) run on the
+other, grouped by module so that a module's fixtures start once too.  The
+workers share one run id; each logs below its own directory.
 """
 
 import itertools
 import os
 import time
+import warnings
 
 import pytest
 
@@ -23,7 +32,15 @@ from tests.harness.etcd import EtcdServer
 from tests.harness.keystone import KeystoneService
 from tests.harness.venvs import ensure_venvs
 
-RUN_ID = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+# Set by the first process that imports this file (the xdist controller, or a
+# plain pytest), inherited by the workers it starts.
+RUN_ID = os.environ.setdefault("TEAPOT_KMS_TEST_RUN_ID", f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+
+# Tests whose fixtures include one of these share the session's Keystone
+# (Barbican instances and their databases depend on it): one xdist group.
+# Every other test is grouped with its module.
+SHARED_SESSION_FIXTURES = frozenset({"keystone"})
+SHARED_SESSION_GROUP = "keystone-session"
 
 # Everything started in this session that has a log worth showing on failure.
 _STARTED = []
@@ -32,6 +49,35 @@ _STARTED = []
 def _track(service):
     _STARTED.append(service)
     return service
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks (--dist loadgroup)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SHARED_SESSION_FIXTURES & set(item.fixturenames):
+            group = SHARED_SESSION_GROUP
+        else:
+            group = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    """Say so when pytest-xdist ignored the groups: every worker would start its own Keystone.
+
+    pytest-xdist 3.8 marks a grouped test by appending ``@<group>`` to its node
+    id, which pytest 9.2 no longer lets it do: hence the pin on pytest in
+    tests/requirements.txt.
+    """
+    if not session.config.getoption("loadgroup", False):
+        return
+    ignored = [item.nodeid for item in session.items
+               if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if ignored:
+        warnings.warn(pytest.PytestWarning(
+            f"pytest-xdist did not group {len(ignored)} tests (e.g. {ignored[0]}): each worker starts its own "
+            "Keystone and Barbican; use the pytest version pinned in tests/requirements.txt"
+        ))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -83,8 +129,9 @@ class _Servers:
 
 @pytest.fixture(scope="session")
 def harness_log_dir():
-    """Directory of this run's service logs (kept after the run)."""
-    return cache_dir("logs", RUN_ID)
+    """Directory of this run's service logs (kept after the run), one per xdist worker."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return cache_dir("logs", RUN_ID, worker) if worker else cache_dir("logs", RUN_ID)
 
 
 @pytest.fixture(scope="session")

@@ -32,8 +32,7 @@ import yaml
 
 from tests.harness.collection import make_importable
 from tests.harness.playbook import PlaybookRunner
-from tests.harness.plugin_daemon import PluginProcess, order_kek, password_barbican_section, plugin_venv
-from tests.harness.procs import free_port
+from tests.harness.plugin_daemon import running_plugin
 from tests.harness.standin.process import StandinProcess
 
 make_importable()
@@ -125,13 +124,8 @@ def etcd_e2e(harness_servers):
 
 @pytest.fixture
 def plugin(keystone, barbican, tmp_path):
-    kek = order_kek(barbican, keystone.plugin_user, f"e2e-kek-{time.time_ns()}")
-    section = password_barbican_section(keystone.plugin_user, tmp_path / "plugin-secrets", region_name=keystone.region_name)
-    process = PluginProcess(plugin_venv(), tmp_path / "plugin", {"barbican": section, "keys": [kek],
-                                                                 "metrics": {"listen": f"127.0.0.1:{free_port()}"}})
-    process.start()
-    yield process
-    process.stop()
+    with running_plugin(keystone, barbican, tmp_path, "e2e-kek") as process:
+        yield process
 
 
 @pytest.fixture
@@ -209,12 +203,31 @@ def test_plaintext_and_aescbc_objects_move_to_kms_v2(plugin, standin, etcd_e2e, 
         "teapot_kms_reencrypt_progress_log": str(progress_log), "teapot_kms_reencrypt_poll": 1,
     }
 
+    # Check mode counts what would be written back and writes nothing: no object, no state, no log.
+    etcd = EtcdClient(etcd_options["endpoints"], cacert=etcd_options["cacert"], cert=etcd_options["cert"], key=etcd_options["key"])
+    revision = etcd.revision()
+    checked = runner.run_playbook("teapot.kms.reencrypt", runner.local_inventory(["kube_control_plane"]),
+                                  extra_vars=dict(playbook_vars, teapot_kms_reencrypt_qps=0), check=True)
+    assert checked.returncode == 0, checked.output[-3000:]
+    assert checked.task(REENCRYPT_TASK)["summary"]["total"] == 143
+    assert checked.task("Show the counts")["msg"].startswith("143 objects would be written back")
+    assert etcd.revision() == revision and not state_file.exists() and not progress_log.exists()
+
     # Interrupted: at 5 requests per second, Ansible's async timeout kills the module part-way through the Secrets.
     interrupted = runner.run_playbook("teapot.kms.reencrypt", runner.local_inventory(["kube_control_plane"]), extra_vars=dict(
         playbook_vars, teapot_kms_reencrypt_qps=5, teapot_kms_reencrypt_page_size=10, teapot_kms_reencrypt_async_timeout=4))
     assert interrupted.returncode != 0
     assert interrupted.task(REENCRYPT_TASK)["msg"] == "Timeout exceeded"
-    stopped = read_state(state_file)
+    # The poller reports the timeout before the async wrapper's kill lands on
+    # a loaded machine: take the state once it has held still for 3 s (a run
+    # that is never killed writes every 0.2 s and never holds still).
+    stopped, still_since, deadline = read_state(state_file), time.monotonic(), time.monotonic() + 60
+    while time.monotonic() - still_since < 3:
+        assert time.monotonic() < deadline, "the interrupted run went on writing for a minute"
+        time.sleep(0.5)
+        current = read_state(state_file)
+        if current != stopped:
+            stopped, still_since = current, time.monotonic()
     assert stopped["completed"] is None and stopped["resources"]["secrets"]["done"] is False
     assert 0 < secrets_done(stopped) < 85 and stopped["resources"]["secrets"]["last"] < "zz-late/"
     assert "starting: secrets, configmaps, widgets.example.com" in progress_log.read_text(encoding="utf-8")
@@ -226,7 +239,8 @@ def test_plaintext_and_aescbc_objects_move_to_kms_v2(plugin, standin, etcd_e2e, 
     # Resumed, while one object is changed and another deleted ahead of the run.
     resumed = {}
     thread = threading.Thread(target=lambda: resumed.setdefault("run", runner.run_playbook(
-        "teapot.kms.reencrypt", ["kube_control_plane"], extra_vars=dict(playbook_vars, teapot_kms_reencrypt_qps=10))))
+        "teapot.kms.reencrypt", runner.local_inventory(["kube_control_plane"]),
+        extra_vars=dict(playbook_vars, teapot_kms_reencrypt_qps=10))))
     thread.start()
     deadline = time.monotonic() + 120
     while secrets_done(read_state(state_file)) <= secrets_done(stopped) and time.monotonic() < deadline:
@@ -276,7 +290,6 @@ def test_plaintext_and_aescbc_objects_move_to_kms_v2(plugin, standin, etcd_e2e, 
     assert cluster.content("secrets", "app-plain", "first") == cluster.expected[("secrets", "app-plain", "first")]
 
     # The revision the plaintext was written at is still in etcd until compaction.
-    etcd = EtcdClient(etcd_options["endpoints"], cacert=etcd_options["cacert"], cert=etcd_options["cert"], key=etcd_options["key"])
     first_key = "/registry/secrets/app-plain/first"
     old_revision = int(first_plain.metadata.resource_version)
     old_values = [value for page in etcd.range_pages(first_key, revision=old_revision) for key, value, _rev in page if key == first_key]

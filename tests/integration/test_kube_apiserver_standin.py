@@ -34,7 +34,8 @@ from tests.harness.standin.etcdkv import EtcdKV
 from tests.harness.standin.metrics import StandinMetrics, id_hash
 from tests.harness.standin.process import StandinProcess
 
-from teapot_kms_plugin import transport  # noqa: E402  pylint: disable=wrong-import-order,wrong-import-position  (path set by kmsapi)
+# The daemon's package is importable once kmsapi is (it adds the daemon's sources to the path when needed).
+from teapot_kms_plugin import keyservice, transport  # noqa: E402  pylint: disable=wrong-import-order,wrong-import-position
 
 storage = module_util("_kms_storage")
 
@@ -173,6 +174,9 @@ def test_writes_kms_v2_through_the_real_plugin(real_plugin, standin_factory, etc
     assert read.data["marker"] == "TUFSS0VSLWttcy0w"  # base64 of MARKER-kms-0
     assert [item.metadata.name for item in api.list_namespaced_secret("default").items] == sorted(names)
     assert plugin_calls(real_plugin, "Decrypt") == decrypts == 0
+    calls = {(labels["method_name"], labels["grpc_status_code"]): value
+             for labels, value in standin.metric_samples("apiserver_envelope_encryption_kms_operations_latency_seconds_count")}
+    assert calls[("Encrypt", "OK")] == 1 and ("Decrypt", "OK") not in calls and calls[("Status", "OK")] >= 1
 
     for name in names:
         key = f"{standin.etcd_prefix}/secrets/default/{name}"
@@ -296,7 +300,7 @@ def test_paged_lists(real_plugin, standin_factory, tmp_path):
         # A write between pages does not show up: the list is read at one revision.
         if pages == 1:
             api.create_namespaced_secret("paging-a", new_secret("s9-late", "paging-a"))
-    assert seen == [item for item in expected]
+    assert seen == expected
     assert pages == 3
     in_namespace = api.list_namespaced_secret("paging-b", limit=2)
     assert [item.metadata.name for item in in_namespace.items] == ["s0", "s1"]
@@ -307,18 +311,33 @@ def test_paged_lists(real_plugin, standin_factory, tmp_path):
 
 def test_health_follows_the_plugin(real_plugin, standin_factory, tmp_path):
     config = encryption_config(tmp_path / "enc.yaml", [kms_v2(real_plugin.socket), {"identity": {}}])
-    standin = standin_factory(config)
+    # Writes go on for 3 minutes on the last seed while the plugin fails (upstream); 5 s here.
+    standin = standin_factory(config, extra_flags=["--standin-kms-write-ttl=5"])
     assert standin.wait_health("/healthz/kms-providers") == "ok"
+    api = core(standin)
+    api.create_namespaced_secret("default", new_secret("before-outage"))
     real_plugin.stop()
     body = standin.wait_health("/healthz/kms-providers", ok=False)
     assert "failed to perform status section of the healthz check" in body
     assert "[-]kms-providers failed" in standin.wait_health("/readyz", ok=False)
     assert standin.health("/livez")[0] == 200
-    # Reads and writes go on with the cached seed while the plugin is away (writes for 3 minutes upstream).
-    api = core(standin)
-    api.create_namespaced_secret("default", new_secret("while-down"))
+
+    # Reads go on (the seed is cached); writes stop once the last seed has expired.
+    assert api.read_namespaced_secret("before-outage", "default").metadata.name == "before-outage"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            api.create_namespaced_secret("default", new_secret(f"during-outage-{time.monotonic_ns()}"))
+        except kubernetes.client.ApiException as refused:
+            assert refused.status == 500 and "expired" in json.loads(refused.body)["message"]
+            break
+        assert time.monotonic() < deadline, "writes went on after the seed expired"
+        time.sleep(0.5)
+    assert api.read_namespaced_secret("before-outage", "default").metadata.name == "before-outage"
+
     real_plugin.start()
     assert standin.wait_health("/healthz/kms-providers") == "ok"
+    api.create_namespaced_secret("default", new_secret("after-outage"))
 
 
 # ---------------------------------------------------------------- values a real kube-apiserver wrote
@@ -341,13 +360,13 @@ class FixtureKeyService:
 
     def status(self):
         self.calls["Status"] += 1
-        return "v2", "ok", self.key_id
+        return keyservice.StatusResult("v2", "ok", self.key_id)
 
     def encrypt(self, plaintext):
         self.calls["Encrypt"] += 1
         nonce = os.urandom(12)
         annotations = dict(self.ANNOTATIONS, **{"kek.fixture.example.com": self.key_id.encode()})
-        return nonce + AESGCM(self.KEKS[self.key_id]).encrypt(nonce, plaintext, None), self.key_id, annotations
+        return keyservice.EncryptResult(nonce + AESGCM(self.KEKS[self.key_id]).encrypt(nonce, plaintext, None), self.key_id, annotations)
 
     def decrypt(self, ciphertext, key_id, annotations):  # pylint: disable=unused-argument
         self.calls["Decrypt"] += 1

@@ -14,6 +14,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -51,8 +52,15 @@ def _lab(lab_dir, *args):
                           capture_output=True, text=True, check=False, timeout=1800)
 
 
-def test_lab_hosts_are_reused_and_lab_down_removes_everything(tmp_path):
-    lab_dir = tmp_path / "lab"
+@pytest.fixture
+def lab_dir():
+    """A short directory: SSH's control sockets live below it, and a unix socket path holds at most 107 bytes."""
+    parent = pathlib.Path(tempfile.mkdtemp(prefix="tklab-"))
+    yield parent / "lab"
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_lab_hosts_are_reused_and_lab_down_removes_everything(lab_dir):
     first = _lab(lab_dir, "up", "--hosts-only")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     state = json.loads((lab_dir / "testhosts.json").read_text(encoding="utf-8"))

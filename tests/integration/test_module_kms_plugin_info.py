@@ -37,7 +37,12 @@ def test_healthy_unhealthy_and_stopped(runner, keystone, barbican, tmp_path):
         run = runner.run([_info(plugin)], check=True)
         info = run.task("info")
         assert info["changed"] is False
-        assert info["status"] == {"reachable": True, "healthy": True, "healthz": "ok", "key_id": primary_id, "version": "v2"}
+        status = info["status"]
+        keys = status.pop("keys")
+        assert status == {"reachable": True, "healthy": True, "healthz": "ok", "key_id": primary_id, "version": "v2",
+                          "all_keys_loaded": True, "reload": None}
+        assert [(key["key_id"], key["role"], key["loaded"], key["last_error"]) for key in keys] == [
+            (primary_id, "primary", True, "none"), (old_id, "decrypt-only", True, "none")]
         assert info["socket"] == plugin.socket
         assert info["configured_key_ids"] == [primary_id, old_id]
         assert info["loaded_key_ids"] == sorted([primary_id, old_id])
@@ -64,6 +69,9 @@ def test_healthy_unhealthy_and_stopped(runner, keystone, barbican, tmp_path):
     assert "not loaded" in unhealthy["status"]["healthz"] and "404" in unhealthy["status"]["healthz"]
     assert unhealthy["status"]["key_id"] == unhealthy["configured_key_ids"][0] == "barbican:00000000-0000-4000-8000-000000000000"
     assert unhealthy["loaded_key_ids"] == []
+    assert unhealthy["status"]["all_keys_loaded"] is False
+    assert [key["loaded"] for key in unhealthy["status"]["keys"]] == [False]
+    assert "404" in unhealthy["status"]["keys"][0]["last_error"]
 
 
 def test_no_plugin_installed(runner, tmp_path):

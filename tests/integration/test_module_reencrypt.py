@@ -175,3 +175,19 @@ def test_object_the_api_server_refuses_fails_the_run_and_the_others_move(standin
     assert types.pop("default/broken") == "identity" and set(types.values()) == {"aescbc"}
     # The run went through everything: the next one starts over and retries the broken object with the rest.
     assert json.loads((tmp_path / "state" / "reencrypt.json").read_text(encoding="utf-8"))["completed"]
+
+
+def test_errors_say_what_to_fix(standin, tmp_path):
+    runner = PlaybookRunner(tmp_path / "playbooks")
+    config = yaml.safe_load(standin.kubeconfig.read_text(encoding="utf-8"))
+    config["users"][0]["user"]["token"] = "not-the-token"
+    wrong = tmp_path / "wrong-token.conf"
+    wrong.write_text(yaml.safe_dump(config), encoding="utf-8")
+    refused = runner.run([reencrypt(standin, tmp_path, kubeconfig=str(wrong))]).task("reencrypt")
+    assert refused["failed"] is True and "answered GET /api/v1/secrets with 401" in refused["msg"]
+    assert f"the credentials of {wrong} must allow list, get and update" in refused["msg"]
+    assert "not-the-token" not in json.dumps(refused)
+
+    unknown = runner.run([reencrypt(standin, tmp_path, resources=["secrets", "gadgets.example.com"])]).task("reencrypt")
+    assert unknown["failed"] is True
+    assert "does not serve the API group example.com of gadgets.example.com: check the resource name" in unknown["msg"]

@@ -59,6 +59,18 @@ def test_rotation_by_sighup(keystone, barbican, start_plugin, kms_client_module,
         _wait_for(lambda: "reload refused" in plugin.log_text(), 30, "the refused reload being logged")
         assert client.status().key_id == _key_id(key_b)
 
+        # A decrypt-only key Barbican does not have: refused as a whole, and reported.
+        missing = barbican.url + "/v1/secrets/00000000-0000-4000-8000-000000000000"
+        plugin.write_config(keys=[key_b, key_a, missing])
+        plugin.reload()
+        # The config refusal above is the last reload until this one ends.
+        _wait_for(lambda: "00000000-0000-4000-8000-000000000000" in client.report()["reload"]["reason"], 30,
+                  "the refused reload")
+        report = client.report()
+        assert report["reload"]["result"] == "refused" and "not every key could be fetched" in report["reload"]["reason"]
+        assert [key["key_id"] for key in report["keys"]] == [_key_id(key_b), _key_id(key_a)]
+        assert all(key["loaded"] for key in report["keys"])
+
         # Dropping A: its ciphertexts are refused with an error naming it.
         plugin.write_config(keys=[key_b])
         plugin.reload()

@@ -18,7 +18,7 @@ def _runtime_minimum():
 
 
 def test_every_role_is_checked():
-    assert {path.parents[1].name for path in ROLE_METAS} >= {"_python_venv", "barbican", "keystone", "kms_plugin",
+    assert {path.parents[1].name for path in ROLE_METAS} >= {"_python_venv", "barbican", "dogtag", "keystone", "kms_plugin",
                                                              "package_sources"}
 
 

@@ -42,7 +42,9 @@ def test_create_writes_the_build_context(context):
 
 def test_introspection_reads_the_collection_requirements(context, tmp_path):
     tarball = next((context / "context-src").glob("teapot-kms-*.tar.gz"))
-    install = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "install", "-p", str(tmp_path), str(tarball)],
+    # --force: `make` puts this checkout on ANSIBLE_COLLECTIONS_PATH, where
+    # ansible-galaxy would find teapot.kms installed already and skip it.
+    install = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "install", "--force", "-p", str(tmp_path), str(tarball)],
                              capture_output=True, text=True, check=False)
     assert install.returncode == 0, install.stdout + install.stderr
     introspect = subprocess.run([sys.executable, str(context / "context" / "_build" / "scripts" / "introspect.py"), "introspect", str(tmp_path)],

@@ -11,6 +11,7 @@ from . import __version__
 from . import config as config_module
 from . import logs
 from . import metrics
+from . import pins
 from . import transport
 from .client import KmsClient
 from .daemon import Daemon, cache_keyring
@@ -34,20 +35,29 @@ def serve(args, make_keyring=cache_keyring):
     logs.setup(cfg.log_level)
     try:
         return Daemon(args.config, cfg, make_keyring).run()
-    except transport.SocketError as exc:
+    except (transport.SocketError, pins.PinStoreError) as exc:
         LOG.error("cannot serve: %s", exc)
         return 1
 
 
 def status(args):
+    """Status as the apiserver sees it, plus every key's state and the last reload; exit 0 only when all are well."""
     with KmsClient(args.socket, timeout=args.timeout) as client:
         try:
             response = client.status()
         except grpc.RpcError as exc:
-            print(json.dumps({"healthz": f"unreachable: {exc.code().name}: {exc.details()}", "key_id": "", "version": ""}))
+            print(json.dumps({"healthz": f"unreachable: {exc.code().name}: {exc.details()}", "key_id": "", "version": "",
+                              "keys": None, "reload": None, "all_keys_loaded": False}))
             return 2
-    print(json.dumps({"healthz": response.healthz, "key_id": response.key_id, "version": response.version}))
-    return 0 if response.healthz == "ok" else 1
+        try:
+            report = client.report()
+        except grpc.RpcError as exc:
+            report = {"keys": None, "reload": None, "report_error": f"{exc.code().name}: {exc.details()}"}
+    keys = report.get("keys")
+    all_loaded = bool(keys) and all(key["loaded"] for key in keys)
+    print(json.dumps(dict(report, healthz=response.healthz, key_id=response.key_id, version=response.version,
+                          all_keys_loaded=all_loaded)))
+    return 0 if response.healthz == "ok" and all_loaded else 1
 
 
 def _listen_text(listen):
@@ -91,6 +101,7 @@ def inspection(path, cfg):
                       "retry_interval": cfg.retry_interval},
             "metrics": {"listen": listen},
             "log_level": cfg.log_level,
+            "state_dir": cfg.state_dir,
             "grpc": {"workers": cfg.workers, "shutdown_grace": cfg.shutdown_grace},
         },
     }
@@ -117,7 +128,9 @@ def main(argv=None, make_keyring=cache_keyring):
                         "the metrics address, the keys with their roles and the settings that need a restart; exit 2 when invalid")
     inspect_parser.add_argument("--config", required=True, help="the YAML configuration file")
     inspect_parser.set_defaults(func=inspect)
-    status_parser = commands.add_parser("status", help="call Status and print it as JSON; exit 1 when unhealthy")
+    status_parser = commands.add_parser(
+        "status", help="call Status and print it as JSON with every key's state (loaded, age, last error) and the last "
+                       "reload's outcome; exit 1 when Status is not ok or a configured key is not loaded, 2 when unreachable")
     status_parser.add_argument("--socket", required=True, help="the plugin's unix socket")
     status_parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
     status_parser.set_defaults(func=status)

@@ -1,8 +1,11 @@
 """A small KMS v2 client over a unix socket (the CLI's status command, tests, benchmarks)."""
 
+import json
+
 import grpc
 
 from . import proto
+from . import transport
 
 
 class KmsClient:
@@ -19,6 +22,7 @@ class KmsClient:
             )
             for method, (request_class, response_class) in proto.METHODS.items()
         }
+        self._report = self.channel.unary_unary(transport.REPORT_METHOD)
 
     def status(self):
         return self._calls["Status"](proto.StatusRequest(), timeout=self.timeout)
@@ -29,6 +33,10 @@ class KmsClient:
     def decrypt(self, ciphertext, key_id, annotations=None, uid=""):
         request = proto.DecryptRequest(ciphertext=ciphertext, key_id=key_id, annotations=annotations or {}, uid=uid)
         return self._calls["Decrypt"](request, timeout=self.timeout)
+
+    def report(self):
+        """The plugin's key states and last reload (a dict); raises grpc.RpcError like the KMS calls."""
+        return json.loads(self._report(b"", timeout=self.timeout))
 
     def wait_ready(self, timeout):
         grpc.channel_ready_future(self.channel).result(timeout=timeout)

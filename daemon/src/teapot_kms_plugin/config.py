@@ -13,8 +13,10 @@ AUTH_TYPES = ("password", "v3applicationcredential")
 INTERFACES = ("public", "internal", "admin")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_METRICS_LISTEN = ("127.0.0.1", 9464)
+# Where the plugin keeps what it must remember across restarts (the key pins).
+DEFAULT_STATE_DIR = "/var/lib/teapot-kms"
 # Config fields (of Config) read only at start: a reload keeps the running values.
-RESTART_ONLY = ("socket", "socket_group", "metrics_listen", "workers")
+RESTART_ONLY = ("socket", "socket_group", "metrics_listen", "workers", "state_dir")
 # Read from their files into BarbicanConfig.auth; never shown.
 SECRET_AUTH_FIELDS = ("password", "application_credential_secret")
 
@@ -56,6 +58,7 @@ class Config:
     log_level: str = "info"
     shutdown_grace: float = 10.0
     workers: int = 8
+    state_dir: str = DEFAULT_STATE_DIR
 
 
 def _mapping(value, field):
@@ -202,7 +205,7 @@ def _keys(raw):
     return tuple(refs)
 
 
-def _listen(raw):
+def _listen(raw, allow_non_loopback):
     if raw is None:
         return DEFAULT_METRICS_LISTEN
     if raw is False or raw == "":
@@ -217,13 +220,17 @@ def _listen(raw):
         raise ConfigError(f"metrics.listen: {host!r} is not an IP address") from None
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"metrics.listen: {port!r} is not a TCP port")
+    # The metrics name the keys and tell when Barbican fails: not for the whole network by accident.
+    if not ipaddress.ip_address(host).is_loopback and allow_non_loopback is not True:
+        raise ConfigError(f"metrics.listen: {host} is not a loopback address; set metrics.allow_non_loopback: true "
+                          "to serve the metrics beyond this host")
     return (host, int(port))
 
 
 def parse(data):
     """Validate a parsed YAML document; return a :class:`Config`."""
     data = _mapping(data, "config")
-    _unknown(data, {"socket", "socket_group", "barbican", "keys", "cache", "metrics", "log_level", "grpc"}, "")
+    _unknown(data, {"socket", "socket_group", "barbican", "keys", "cache", "metrics", "log_level", "grpc", "state_dir"}, "")
     socket_path = _string(data.get("socket"), "socket", required=True)
     if not os.path.isabs(socket_path):
         raise ConfigError(f"socket: {socket_path!r} is not an absolute path")
@@ -237,12 +244,18 @@ def parse(data):
         raise ConfigError(f"cache.refresh_interval: {refresh:g}s must be shorter than cache.max_stale ({max_stale:g}s)")
     retry = _seconds(cache.get("retry_interval"), "cache.retry_interval", min(10.0, refresh))
     metrics = _mapping(data.get("metrics"), "metrics")
-    _unknown(metrics, {"listen"}, "metrics")
+    _unknown(metrics, {"listen", "allow_non_loopback"}, "metrics")
+    allow_non_loopback = metrics.get("allow_non_loopback", False)
+    if not isinstance(allow_non_loopback, bool):
+        raise ConfigError(f"metrics.allow_non_loopback: expected true or false, got {allow_non_loopback!r}")
     grpc_options = _mapping(data.get("grpc"), "grpc")
     _unknown(grpc_options, {"workers", "shutdown_grace"}, "grpc")
     workers = grpc_options.get("workers", 8)
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
         raise ConfigError(f"grpc.workers: expected an integer from 1 to 256, got {workers!r}")
+    state_dir = _string(data.get("state_dir"), "state_dir") or DEFAULT_STATE_DIR
+    if not os.path.isabs(state_dir):
+        raise ConfigError(f"state_dir: {state_dir!r} is not an absolute path")
     group = data.get("socket_group")
     if group is not None and not isinstance(group, (str, int)):
         raise ConfigError("socket_group: expected a group name or id")
@@ -254,10 +267,11 @@ def parse(data):
         refresh_interval=refresh,
         max_stale=max_stale,
         retry_interval=retry,
-        metrics_listen=_listen(metrics.get("listen")),
+        metrics_listen=_listen(metrics.get("listen"), allow_non_loopback),
         log_level=_choice(data.get("log_level"), "log_level", LOG_LEVELS, "info"),
         shutdown_grace=_seconds(grpc_options.get("shutdown_grace"), "grpc.shutdown_grace", 10),
         workers=workers,
+        state_dir=state_dir,
     )
 
 

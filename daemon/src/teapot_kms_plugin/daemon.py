@@ -5,6 +5,7 @@ import gc
 import logging
 import signal
 import threading
+import time
 
 from . import __version__
 from . import barbican
@@ -12,6 +13,7 @@ from . import config as config_module
 from . import keyring
 from . import keyservice
 from . import logs
+from . import pins
 from . import transport
 from .metrics import Metrics
 
@@ -21,7 +23,7 @@ LOG = logging.getLogger("teapot_kms_plugin")
 def cache_keyring(cfg, fetch, metrics) -> keyring.Keyring:
     """The keyring the plugin serves with: keys cached in memory, refreshed in the background."""
     return keyring.KeyCache(cfg.keys, fetch, cfg.refresh_interval, cfg.max_stale,
-                            retry_interval=cfg.retry_interval, metrics=metrics)
+                            retry_interval=cfg.retry_interval, metrics=metrics, key_pins=pins.open_pins(cfg.state_dir))
 
 
 class Daemon:
@@ -41,11 +43,20 @@ class Daemon:
         self._wake = threading.Event()
         self._stop = False
         self._reload = False
+        # The last SIGHUP's outcome: {"time": unix seconds, "result": "ok"|"refused", "reason": str}.
+        self.last_reload = None
 
-    def _log_key_errors(self, errors, when):
-        for key_id, error in errors.items():
-            LOG.error("cannot load key %s %s; Status stays unhealthy and the fetch is retried every %gs",
-                      key_id, when, self.cfg.retry_interval, extra={"key_id": key_id, "error": error})
+    def report(self):
+        """What ``teapot-kms-plugin status`` shows beyond Status: every key's state and the last reload."""
+        keys = self.keys
+        return {
+            "keys": [] if keys is None else [state._asdict() for state in keys.states()],
+            "reload": self.last_reload,
+        }
+
+    def _reload_done(self, result, reason):
+        self.last_reload = {"time": time.time(), "result": "ok" if result == "ok" else "refused", "reason": reason}
+        self.metrics.observe_reload(result)
 
     def run(self):
         cfg = self.cfg
@@ -55,19 +66,23 @@ class Daemon:
             signal.signal(signum, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
         self.keys = self.make_keyring(cfg, barbican.BarbicanFetcher(cfg.barbican), self.metrics)
-        self._log_key_errors(self.keys.refresh(), "at start")
-        self.server = transport.start_server(
-            transport.Servicer(keyservice.KeyService(self.keys), self.metrics),
-            cfg.socket, workers=cfg.workers, group=cfg.socket_group)
+        # Metrics first: a port clash fails the start before the apiserver ever sees a socket.
         if cfg.metrics_listen:
             host, port = cfg.metrics_listen
             try:
                 self.metrics.serve(host, port)
             except OSError as exc:
                 LOG.error("cannot serve metrics on %s:%s: %s", host, port, exc.strerror or type(exc).__name__)
-                self.server.stop(0).wait()
-                transport.remove_socket(cfg.socket)
                 return 1
+        try:
+            self.server = transport.start_server(
+                transport.Servicer(keyservice.KeyService(self.keys), self.metrics),
+                cfg.socket, workers=cfg.workers, group=cfg.socket_group, report=self.report)
+        except transport.SocketError:
+            self.metrics.shutdown()
+            raise
+        # The socket exists before the first fetch: Status answers "not loaded" until the keys
+        # arrive, instead of the apiserver finding no socket while Barbican is slow.
         self.keys.start()
         # Startup objects (libraries, config) never die: keep them out of the collector's way.
         gc.collect()
@@ -87,11 +102,12 @@ class Daemon:
                     self.reload()
                 except Exception as exc:  # pylint: disable=broad-exception-caught
                     # Serving goes on with what is loaded; the type only, as the text may quote a secret.
-                    self.metrics.observe_reload("error")
+                    self._reload_done("error", f"unexpected {type(exc).__name__}")
                     LOG.error("reload failed, the running keyring stays", extra={"exception": type(exc).__name__})
         LOG.info("stopping: draining in-flight requests", extra={"grace_seconds": self.cfg.shutdown_grace})
         self.server.stop(self.cfg.shutdown_grace).wait()
-        self.keys.stop()
+        # The unit allows shutdown_grace + 10s (TimeoutStopSec): a refresh hung on Barbican is not waited for.
+        self.keys.stop(timeout=2.0)
         self.metrics.shutdown()
         transport.remove_socket(cfg.socket)
         LOG.info("stopped")
@@ -110,26 +126,23 @@ class Daemon:
         try:
             cfg = config_module.load(self.config_path)
         except config_module.ConfigError as exc:
-            self.metrics.observe_reload("config_error")
+            self._reload_done("config_error", f"invalid configuration: {exc}")
             LOG.error("reload refused, the running keyring stays: %s", exc)
             return
         for field in config_module.RESTART_ONLY:
             if getattr(cfg, field) != getattr(self.cfg, field):
                 LOG.warning("%s changed: it takes effect only after a restart", field)
-        fetch = barbican.BarbicanFetcher(cfg.barbican)
-        old_fetch = self.keys.fetcher
-        self.keys.swap_fetcher(fetch)
+        # The keyring adopts the new fetcher only with a complete new keyring: a refused
+        # reload leaves the running credentials in place.
         try:
-            errors = self.keys.replace(cfg.keys)
+            self.keys.replace(cfg.keys, barbican.BarbicanFetcher(cfg.barbican))
         except keyring.KeyUnavailable as exc:
-            self.keys.swap_fetcher(old_fetch)
-            self.metrics.observe_reload("key_error")
+            self._reload_done("key_error", str(exc))
             LOG.error("reload refused, the running keyring stays: %s", exc)
             return
-        self._log_key_errors(errors, "after reload")
         self.keys.set_timings(cfg.refresh_interval, cfg.max_stale, cfg.retry_interval)
         logs.set_level(cfg.log_level)
         self.cfg = dataclasses.replace(cfg, **{field: getattr(self.cfg, field) for field in config_module.RESTART_ONLY})
-        self.metrics.observe_reload("ok")
+        self._reload_done("ok", "")
         state = self.keys.status()
         LOG.info("reloaded", extra={"key_id": state.key_id, "healthz": state.healthz, "keys": len(cfg.keys)})

@@ -16,6 +16,7 @@ import uuid
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from . import pins
 from . import wrapping
 
 LOG = logging.getLogger(__name__)
@@ -42,25 +43,34 @@ class FetchError(Exception):
 class KeyLoadFailed(Exception):
     """A key could not be loaded.  The message is safe to log and to show in Status."""
 
-    def __init__(self, message, fetch_failed):
+    def __init__(self, message, fetch_failed, pin_mismatch=False):
         super().__init__(message)
         self.fetch_failed = fetch_failed
+        self.pin_mismatch = pin_mismatch
 
 
-def load_aead(fetch, ref, metrics=None):
+def load_aead(fetch, ref, metrics=None, key_pins=None):
     """Fetch ``ref`` with ``fetch`` and return its AEAD; record the fetch in ``metrics``.
 
     Every failure becomes KeyLoadFailed: a FetchError keeps its message, a bad
-    secret says why it is unusable, and an unexpected error is named by its
-    type only, since its text is not known to be free of secrets.
+    secret says why it is unusable, material other than the one pinned in
+    ``key_pins`` is refused, and an unexpected error is named by its type only,
+    since its text is not known to be free of secrets.
     """
     started = time.monotonic()
     reason = None
     try:
-        return wrapping.new_aead(fetch(ref))
+        material = fetch(ref)
+        aead = wrapping.new_aead(material)
+        if key_pins is not None:
+            key_pins.verify(ref.key_id, material)
+        return aead
     except FetchError as exc:
         reason = exc.reason
         raise KeyLoadFailed(str(exc), fetch_failed=True) from None
+    except pins.PinMismatch as exc:
+        reason = "pin_mismatch"
+        raise KeyLoadFailed(str(exc), fetch_failed=False, pin_mismatch=True) from None
     except ValueError as exc:
         reason = "bad_key"
         raise KeyLoadFailed(f"secret {ref.ref} is unusable: {exc}", fetch_failed=False) from None
@@ -127,6 +137,18 @@ class KeyringStatus(typing.NamedTuple):
     key_id: str
 
 
+class KeyState(typing.NamedTuple):
+    """One configured key as the operator sees it (``teapot-kms-plugin status``, metrics)."""
+
+    key_id: str
+    role: str
+    loaded: bool
+    age_seconds: typing.Optional[float]
+    last_error: str
+    # Barbican's last answer was other material than the pinned one.
+    pin_mismatch: bool = False
+
+
 Fetch = typing.Callable[[KeyRef], bytes]
 
 
@@ -161,14 +183,15 @@ class Keyring(typing.Protocol):
     def ages(self) -> "dict[str, float]":
         """``{key_id: seconds since Barbican last confirmed it}`` for the keys held in memory."""
 
+    def states(self) -> "list[KeyState]":
+        """Every configured key, primary first: loaded and usable now, age of its material, last error."""
+
     def refresh(self) -> "dict[str, str]":
         """Fetch every key now; ``{key_id: error}`` for those that failed."""
 
-    def replace(self, refs: "typing.Sequence[KeyRef]") -> "dict[str, str]":
-        """Switch to a new list of keys; ``{key_id: error}`` for those that failed, KeyUnavailable when the primary did."""
-
-    def swap_fetcher(self, fetch: Fetch) -> None:
-        """Fetch with ``fetch`` from now on (new credentials)."""
+    def replace(self, refs: "typing.Sequence[KeyRef]", fetch: Fetch) -> None:
+        """Switch to a new list of keys fetched with ``fetch`` (new credentials); KeyUnavailable, and nothing
+        changes, unless every key could be fetched."""
 
     def set_timings(self, refresh_interval: float, max_stale: float, retry_interval: float) -> None:
         """Apply new cache timings (a reload)."""
@@ -176,29 +199,32 @@ class Keyring(typing.Protocol):
     def start(self) -> None:
         """Start background work, if any."""
 
-    def stop(self) -> None:
-        """Stop background work, if any."""
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop background work, if any, waiting for it at most ``timeout`` seconds."""
 
 
 class _CacheEntry:
     """One key in the cache: its material, when Barbican last confirmed it, and the last error."""
 
-    __slots__ = ("ref", "aead", "fetched_at", "error")
+    __slots__ = ("ref", "material", "error", "pin_mismatch")
 
     def __init__(self, ref):
         self.ref = ref
-        self.aead = None
-        self.fetched_at = None
+        self.pin_mismatch = False
+        # (AEAD or None, monotonic time Barbican last confirmed it or None), replaced as one tuple.
+        self.material = (None, None)
         self.error = "not fetched yet"
 
 
 class KeyCache(Keyring):
     """Cached keys with bounded staleness, refreshed in the background."""
 
-    def __init__(self, refs, fetch, refresh_interval, max_stale, retry_interval=None, metrics=None, clock=time.monotonic):
+    def __init__(self, refs, fetch, refresh_interval, max_stale, retry_interval=None, metrics=None, clock=time.monotonic,
+                 key_pins=None):
         if not refs:
             raise ValueError("the keyring needs at least one key")
         self._fetch = fetch
+        self._pins = key_pins
         self.refresh_interval = refresh_interval
         self.max_stale = max_stale
         self.retry_interval = retry_interval or min(10.0, refresh_interval)
@@ -236,15 +262,19 @@ class KeyCache(Keyring):
         return "known: " + ", ".join(ref.key_id for ref in self._ring[0])
 
     def _usable(self, entry):
-        aead, fetched_at = entry.aead, entry.fetched_at
+        # One read of the pair: the refresh thread replaces it as a whole.
+        aead, fetched_at = entry.material
         if aead is None:
             raise KeyUnavailable(f"key {entry.ref.key_id} is not loaded: {entry.error}")
         age = self._clock() - fetched_at
         if age > self.max_stale:
             message = (f"key {entry.ref.key_id} is stale: Barbican last confirmed it {age:.0f}s ago, "
                        f"more than max_stale {self.max_stale:.0f}s; last error: {entry.error}")
-            entry.error = f"dropped after max_stale {self.max_stale:.0f}s; last error: {entry.error}"
-            entry.aead = None
+            with self._lock:
+                # Drop only the material judged stale: a refresh may have just replaced it.
+                if entry.material[0] is aead:
+                    entry.error = f"dropped after max_stale {self.max_stale:.0f}s; last error: {entry.error}"
+                    entry.material = (None, fetched_at)
             raise KeyUnavailable(message)
         return aead
 
@@ -259,21 +289,44 @@ class KeyCache(Keyring):
 
     def ages(self):
         now = self._clock()
-        return {entry.ref.key_id: now - entry.fetched_at for entry in self._ring[1].values() if entry.fetched_at is not None}
+        return {entry.ref.key_id: now - entry.material[1] for entry in self._ring[1].values()
+                if entry.material[1] is not None}
+
+    def states(self):
+        refs, entries = self._ring
+        now = self._clock()
+        states = []
+        for index, ref in enumerate(refs):
+            entry = entries[ref.slot]
+            fetched_at = entry.material[1]
+            try:
+                self._usable(entry)
+                loaded = True
+            except KeyUnavailable:
+                loaded = False
+            states.append(KeyState(ref.key_id, "primary" if index == 0 else "decrypt-only", loaded,
+                                   None if fetched_at is None else now - fetched_at, entry.error, entry.pin_mismatch))
+        return states
 
     # -- fetching ------------------------------------------------------------
 
-    def _fetch_into(self, entry):
+    def _fetch_into(self, entry, fetch=None):
         try:
-            aead = load_aead(self._fetch, entry.ref, self._metrics)
+            aead = load_aead(fetch or self._fetch, entry.ref, self._metrics, self._pins)
         except KeyLoadFailed as exc:
-            dropped = exc.fetch_failed and entry.aead is None and entry.fetched_at is not None
-            entry.error = (f"dropped after max_stale {self.max_stale:.0f}s; " if dropped else "") + str(exc)
+            if exc.pin_mismatch:
+                # Loud, every time: someone changed a key that data depends on. Only check values are logged.
+                LOG.error("key material changed under a known key_id: refused", extra={
+                    "key_id": entry.ref.key_id, "error": str(exc)})
+            with self._lock:
+                dropped = exc.fetch_failed and entry.material[0] is None and entry.material[1] is not None
+                entry.error = (f"dropped after max_stale {self.max_stale:.0f}s; " if dropped else "") + str(exc)
+                entry.pin_mismatch = exc.pin_mismatch
             return str(exc)
-        # fetched_at before aead: a reader that sees the key always sees its age.
-        entry.fetched_at = self._clock()
-        entry.aead = aead
-        entry.error = "none"
+        with self._lock:
+            entry.material = (aead, self._clock())
+            entry.error = "none"
+            entry.pin_mismatch = False
         return None
 
     def refresh(self):
@@ -284,41 +337,33 @@ class KeyCache(Keyring):
                 errors[entry.ref.key_id] = error
         return errors
 
-    def replace(self, refs):
-        """Switch to a new keyring (SIGHUP), fetching every key with the current fetcher.
+    def replace(self, refs, fetch):
+        """Switch to a new keyring and fetcher (SIGHUP), fetching every key with the new fetcher.
 
-        A key that cannot be fetched now keeps its cached material (still bound
-        by max_stale).  The old keyring stays if the new primary has none.
+        All or nothing: unless every key can be fetched now, the running keyring
+        and fetcher stay.  Accepting a partial keyring would keep serving keys
+        that the new credentials may not read, until they go stale hours later.
         """
         if not refs:
             raise ValueError("the keyring needs at least one key")
-        current = self._ring[1]
         entries = {}
         errors = {}
         for ref in refs:
             entry = _CacheEntry(ref)
-            error = self._fetch_into(entry)
+            error = self._fetch_into(entry, fetch)
             if error:
                 errors[ref.key_id] = error
-                old = current.get(ref.slot)
-                if old is not None and old.aead is not None:
-                    entry.fetched_at, entry.aead = old.fetched_at, old.aead
             entries[ref.slot] = entry
-        primary = entries[refs[0].slot]
-        if primary.aead is None:
-            raise KeyUnavailable(f"new primary key {refs[0].key_id} could not be loaded: {primary.error}")
-        with self._lock:
-            self._ring = (tuple(refs), entries)
         if errors:
-            self._wake.set()
-        return errors
+            raise KeyUnavailable("not every key could be fetched: "
+                                 + "; ".join(f"{key_id}: {error}" for key_id, error in errors.items()))
+        with self._lock:
+            self._fetch = fetch
+            self._ring = (tuple(refs), entries)
 
     @property
     def fetcher(self):
         return self._fetch
-
-    def swap_fetcher(self, fetch):
-        self._fetch = fetch
 
     def set_timings(self, refresh_interval, max_stale, retry_interval):
         self.refresh_interval = refresh_interval
@@ -331,14 +376,21 @@ class KeyCache(Keyring):
         self._thread = threading.Thread(target=self._run, name="key-refresh", daemon=True)
         self._thread.start()
 
-    def stop(self):
+    def stop(self, timeout=2.0):
+        """Stop the refresh thread, waiting at most ``timeout`` seconds for it.
+
+        A fetch may hang up to ``barbican.timeout``: the thread is a daemon
+        thread, so leaving it behind costs nothing, while waiting could outlast
+        the unit's TimeoutStopSec and end in SIGKILL.
+        """
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=timeout)
 
     def _run(self):
-        delay = self._next_delay(self._failing(), 0)
+        # Keys never loaded (the daemon's start) are fetched at once.
+        delay = 0 if self._failing() else self.refresh_interval
         failures = 0
         while not self._stop.is_set():
             self._wake.wait(delay)
@@ -350,14 +402,20 @@ class KeyCache(Keyring):
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 # The thread must outlive any surprise, or the keys would silently age out.
                 errors = {"*": f"unexpected {type(exc).__name__}"}
+            never_loaded = {entry.ref.key_id for entry in self._ring[1].values() if entry.material[1] is None}
             for key_id, error in errors.items():
-                LOG.warning("refreshing key failed; cached material keeps serving up to max_stale",
-                            extra={"key_id": key_id, "error": error})
+                if key_id in never_loaded:
+                    LOG.error("cannot load key; it is not served until a fetch succeeds, retried every %gs at first",
+                              self.retry_interval, extra={"key_id": key_id, "error": error})
+                else:
+                    LOG.warning("refreshing key failed; cached material keeps serving up to max_stale",
+                                extra={"key_id": key_id, "error": error})
             failures = failures + 1 if errors else 0
-            delay = self._next_delay(bool(errors), failures)
+            # The first retry after retry_interval, then doubling.
+            delay = self._next_delay(bool(errors), max(failures - 1, 0))
 
     def _failing(self):
-        return any(entry.aead is None for entry in self._ring[1].values())
+        return any(entry.material[0] is None for entry in self._ring[1].values())
 
     def _next_delay(self, failing, failures):
         if not failing:

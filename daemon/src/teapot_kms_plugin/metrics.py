@@ -15,6 +15,10 @@ RPC_DURATION = "teapot_kms_rpc_duration_seconds"
 FETCH_DURATION = "teapot_kms_barbican_fetch_duration_seconds"
 FETCH_ERRORS = "teapot_kms_barbican_fetch_errors"
 RELOADS = "teapot_kms_reloads"
+KEY_LOADED = "teapot_kms_key_loaded"
+KEY_PIN_MISMATCH = "teapot_kms_key_pin_mismatch"
+LAST_RELOAD_SUCCESS = "teapot_kms_last_reload_success"
+LAST_RELOAD_TIME = "teapot_kms_last_reload_timestamp_seconds"
 NAMES = {
     "key_cache_age": KEY_CACHE_AGE,
     "primary_key_info": PRIMARY_KEY_INFO,
@@ -24,6 +28,10 @@ NAMES = {
     "fetch_duration": FETCH_DURATION,
     "fetch_errors": FETCH_ERRORS,
     "reloads": RELOADS,
+    "key_loaded": KEY_LOADED,
+    "key_pin_mismatch": KEY_PIN_MISMATCH,
+    "last_reload_success": LAST_RELOAD_SUCCESS,
+    "last_reload_time": LAST_RELOAD_TIME,
 }
 
 _RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -60,6 +68,15 @@ class _KeyringCollector:
         for key_id, seconds in sorted(keys.ages().items()):
             age.add_metric([key_id], seconds)
         yield age
+        loaded = GaugeMetricFamily(KEY_LOADED, "1 when a configured key's material is loaded and usable now",
+                                   labels=["key_id", "role"])
+        mismatch = GaugeMetricFamily(KEY_PIN_MISMATCH, "1 when Barbican returned other material than the key's pinned one",
+                                     labels=["key_id"])
+        for key in keys.states():
+            loaded.add_metric([key.key_id, key.role], 1 if key.loaded else 0)
+            mismatch.add_metric([key.key_id], 1 if key.pin_mismatch else 0)
+        yield loaded
+        yield mismatch
         state = keys.status()
         primary = GaugeMetricFamily(PRIMARY_KEY_INFO, "The key_id Encrypt uses and Status reports",
                                     labels=["key_id"])
@@ -91,6 +108,11 @@ class Metrics:
             ["reason"], registry=self.registry)
         self._reloads = prometheus_client.Counter(
             RELOADS, "SIGHUP reloads by result", ["result"], registry=self.registry)
+        self._last_reload_success = prometheus_client.Gauge(
+            LAST_RELOAD_SUCCESS, "1 when the last SIGHUP reload was applied, 0 when it was refused",
+            registry=self.registry)
+        self._last_reload_time = prometheus_client.Gauge(
+            LAST_RELOAD_TIME, "When the last SIGHUP reload ended (unix seconds)", registry=self.registry)
         self.registry.register(_KeyringCollector(get_keys))
         self._rpc_children = {}
         self._server = None
@@ -118,6 +140,8 @@ class Metrics:
 
     def observe_reload(self, result):
         self._reloads.labels(result).inc()
+        self._last_reload_success.set(1 if result == "ok" else 0)
+        self._last_reload_time.set_to_current_time()
 
     def serve(self, host, port):
         self._server, _thread = prometheus_client.start_http_server(port, addr=host, registry=self.registry)

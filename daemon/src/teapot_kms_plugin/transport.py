@@ -6,6 +6,7 @@ valid protobuf is answered INVALID_ARGUMENT instead of a generic error.
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import socket
@@ -115,6 +116,21 @@ def generic_handler(servicer):
     return grpc.method_handlers_generic_handler(proto.GRPC_SERVICE, handlers)
 
 
+# The plugin's own read-only service beside KMS v2, for ``teapot-kms-plugin status``: the apiserver
+# never calls it.  Raw bytes in, JSON out: no schema to keep in step with a proto file.
+REPORT_METHOD = "/teapot.kms.Plugin/Report"
+
+
+def report_handler(report):
+    """A generic handler answering REPORT_METHOD with ``report()`` as JSON (no secrets in it, by contract)."""
+    service, method = REPORT_METHOD.strip("/").split("/")
+
+    def answer(_raw, _context):
+        return json.dumps(report(), sort_keys=True).encode()
+
+    return grpc.method_handlers_generic_handler(service, {method: grpc.unary_unary_rpc_method_handler(answer)})
+
+
 def prepare_socket_path(path):
     """Create the parent directory (0700) if needed; remove a stale socket, refuse anything else."""
     parent = os.path.dirname(path)
@@ -155,14 +171,35 @@ def _apply_group(path, group):
     except OSError as exc:
         raise SocketError(f"socket_group: cannot give {path} to group {group!r}: {exc.strerror}") from None
     os.chmod(path, 0o660)
+    _let_group_through(os.path.dirname(path), gid, group)
 
 
-def start_server(servicer, path, workers=8, group=None):
-    """Serve on a unix socket at ``path`` (mode 0600, or 0660 for ``group``); return the server."""
+def _let_group_through(parent, gid, group):
+    """A 0660 socket is of no use to the group behind a directory it cannot search (the 0700 default)."""
+    info = os.stat(parent)
+    if info.st_mode & stat.S_IXOTH or (info.st_gid == gid and info.st_mode & stat.S_IXGRP):
+        return
+    if info.st_uid != os.geteuid():
+        raise SocketError(f"socket_group: group {group!r} cannot reach the socket: {parent} is not searchable by it "
+                          "and not the plugin's to change; give the group search permission on it (chgrp, chmod g+x)")
+    try:
+        os.chown(parent, -1, gid)
+    except OSError as exc:
+        raise SocketError(f"socket_group: cannot give {parent} to group {group!r}: {exc.strerror}") from None
+    # Search only: the group reaches the socket by name, it does not list the directory.
+    os.chmod(parent, (stat.S_IMODE(info.st_mode) & ~0o070) | stat.S_IXGRP)
+
+
+def start_server(servicer, path, workers=8, group=None, report=None):
+    """Serve on a unix socket at ``path`` (mode 0600, or 0660 for ``group``); return the server.
+
+    ``report`` (a callable returning a JSON-able dict) is served as REPORT_METHOD.
+    """
     prepare_socket_path(path)
+    handlers = (generic_handler(servicer),) + ((report_handler(report),) if report is not None else ())
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
-        handlers=(generic_handler(servicer),),
+        handlers=handlers,
         options=(("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.so_reuseport", 0)),
     )
     # The socket is created by gRPC: a strict umask closes the window before chmod.

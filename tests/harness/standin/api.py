@@ -125,7 +125,7 @@ class Api:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if resource.namespaced and len(rest) == 2 and namespace is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        if "watch" in query and query.get("watch") not in ("", "0", "false"):
+        if "watch" in query and query.get("watch", "").lower() not in ("", "0", "false"):
             raise ApiError(405, "MethodNotAllowed", "the kube-apiserver stand-in does not serve watch")
         if len(rest) == 1:
             if method == "GET":

@@ -10,7 +10,7 @@ from tests.harness.standin import encryption as encryption_module
 from tests.harness.standin.api import Api
 from tests.harness.standin.encryption import ConfigError, EncryptionController, KmsTimings
 from tests.harness.standin.etcdkv import EtcdError, EtcdKV
-from tests.harness.standin.flags import StartupError
+from tests.harness.standin.flags import StartupError, parse
 from tests.harness.standin.metrics import StandinMetrics
 from tests.harness.standin.server import HTTPSServer, ServingThread, load_token_file, tls_context
 from tests.harness.standin.store import BUILTIN_RESOURCES, ObjectStore, parse_custom_resource
@@ -53,6 +53,11 @@ class KubeApiserverStandin:
         self.host = self.args.bind_address
         self.port = None
         self._serving = None
+
+    @classmethod
+    def from_flags(cls, argv):
+        """A stand-in for this process from a command line (kube-apiserver flags, or --manifest)."""
+        return cls(parse(argv))
 
     def _tls_files(self):
         if self.args.tls_cert_file and self.args.tls_private_key_file:

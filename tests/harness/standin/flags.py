@@ -173,6 +173,9 @@ def parse(argv):
             raise StartupError(f"{manifest}: --{flag.replace('_', '-')}={value} is mounted from {host_path}, which does not exist "
                                "on this host")
         setattr(pod_args, flag, host_path)
+    # kube-apiserver writes its self-signed certificate into --cert-dir: on the host, that is where the mount puts it.
+    if pod_args.cert_dir and map_path(pod_args.cert_dir):
+        pod_args.cert_dir = map_path(pod_args.cert_dir)
     for flag in ("standin_kms_poll_interval", "standin_kms_healthz_ttl", "standin_kms_write_ttl", "standin_encryption_watch_interval",
                  "standin_custom_resource", "standin_log_level"):
         setattr(pod_args, flag, getattr(args, flag))

@@ -61,7 +61,7 @@ V1_METHODS = {method: (V1[f"{method}Request"], V1[f"{method}Response"]) for meth
 
 
 class KmsV1Client:
-    """``v1beta1.KeyManagementService`` on ``unix:PATH`` (Version and Decrypt are all the stand-in uses)."""
+    """``v1beta1.KeyManagementService`` on ``unix:PATH``."""
 
     def __init__(self, socket_path, timeout):
         self.timeout = timeout
@@ -74,6 +74,9 @@ class KmsV1Client:
 
     def version(self):
         return self._calls["Version"](V1["VersionRequest"](version="v1beta1"), timeout=self.timeout)
+
+    def encrypt(self, plain):
+        return self._calls["Encrypt"](V1["EncryptRequest"](version="v1beta1", plain=plain), timeout=self.timeout).cipher
 
     def decrypt(self, cipher):
         return self._calls["Decrypt"](V1["DecryptRequest"](version="v1beta1", cipher=cipher), timeout=self.timeout).plain

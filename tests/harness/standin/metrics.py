@@ -9,7 +9,7 @@ empty value, as upstream.
 import hashlib
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 FROM_STORAGE = "from_storage"
 TO_STORAGE = "to_storage"
@@ -25,6 +25,9 @@ class StandinMetrics:
     def __init__(self, apiserver_id):
         self.apiserver_id_hash = id_hash(apiserver_id)
         self.registry = CollectorRegistry(auto_describe=True)
+        # kube-apiserver exports the process metrics too (component-base registers them);
+        # process_start_time_seconds tells a restarted apiserver from the one before.
+        ProcessCollector(registry=self.registry)
         envelope = "apiserver_envelope_encryption_"
         controller = "apiserver_encryption_config_controller_"
         self.key_id_hash_total = Counter(
@@ -43,6 +46,10 @@ class StandinMetrics:
         self.dek_source_cache_size = Gauge(
             f"{envelope}dek_source_cache_size", "Number of records in data encryption key (DEK) source cache.",
             ["provider_name"], registry=self.registry)
+        self.kms_operations_latency = Histogram(
+            f"{envelope}kms_operations_latency_seconds", "KMS operation duration with gRPC error code status total.",
+            ["provider_name", "method_name", "grpc_status_code"], registry=self.registry,
+            buckets=[0.0001 * 2 ** power for power in range(20)])
         self.reloads_total = Counter(
             f"{controller}automatic_reloads", "Total number of reload successes and failures of encryption configuration split by apiserver identity.",
             ["status", "apiserver_id_hash"], registry=self.registry)
@@ -65,6 +72,9 @@ class StandinMetrics:
 
     def record_invalid_status_key_id(self, provider_name, error):
         self.invalid_key_id_from_status.labels(provider_name, error).inc()
+
+    def record_kms_call(self, provider_name, method, seconds, code="OK"):
+        self.kms_operations_latency.labels(provider_name, method, code).observe(seconds)
 
     def record_reload(self, status, config_hash=None):
         self.reloads_total.labels(status, self.apiserver_id_hash).inc()

@@ -79,6 +79,7 @@ class StandinProcess:
         with os.fdopen(fd, "w", encoding="utf-8") as stream:
             stream.write(f'{self.token},teapot-test-admin,teapot-test-admin,"system:masters"\n')
         self.port = free_port()
+        self.config_path = pathlib.Path(encryption_config) if encryption_config else None
         self.etcd_prefix = etcd_prefix
         self.flags = [
             f"--etcd-servers={','.join(etcd_endpoints)}",

@@ -42,6 +42,9 @@ def load_token_file(path):
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "kube-apiserver-standin"
+    # Headers and body leave in two writes: with Nagle's algorithm the body waits for the client's delayed
+    # ACK of the headers, 40 ms on every kept-alive request (a tenth of the throughput real clients see).
+    disable_nagle_algorithm = True
 
     def setup(self):
         self.request.settimeout(30)

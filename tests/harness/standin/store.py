@@ -128,7 +128,7 @@ def _now():
 
 def _generated_name(prefix):
     alphabet = "bcdfghjklmnpqrstvwxz2456789"
-    return prefix + "".join(random_source.choice(alphabet) for _ in range(5))
+    return prefix + "".join(random_source.choice(alphabet) for _position in range(5))
 
 
 def _parse_selector(text, what):

@@ -60,22 +60,27 @@ def _link_exists(name):
     return subprocess.run(["ip", "link", "show", "dev", name], capture_output=True, check=False).returncode == 0
 
 
-def _stop_record(record, grace, log):
-    """SIGTERM the process a record names (only if it is still that process), then SIGKILL."""
-    if not alive(record):
-        return
-    pid = record["pid"]
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+def _stop_records(records, grace, log):
+    """SIGTERM every process the records name (only those still alive), wait up to ``grace`` for all, then SIGKILL.
+
+    All at once: each host's clean poweroff runs while the others' do, so a
+    run's teardown takes as long as its slowest host, not the sum of them.
+    """
+    records = [record for record in records if alive(record)]
+    for record in records:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record["pid"], signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while alive(record) and time.monotonic() < deadline:
+    while any(alive(record) for record in records) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if alive(record):
-        print(f"testhosts: {record.get('name')} (pid {pid}) ignored SIGTERM, killing it", file=log)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    for record in records:
+        if alive(record):
+            pid = record["pid"]
+            print(f"testhosts: {record.get('name')} (pid {pid}) ignored SIGTERM, killing it", file=log)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def prune(log=sys.stderr):
@@ -109,10 +114,8 @@ def down(state_path, log=sys.stderr):
     if state is None:
         return
     data = state.data
-    for server in data.get("servers", []):
-        _stop_record(server, 10.0, log)
-    for host in data.get("hosts", []):
-        _stop_record(host, POWEROFF_WAIT_SECONDS, log)
+    _stop_records(data.get("servers", []), 10.0, log)
+    _stop_records(data.get("hosts", []), POWEROFF_WAIT_SECONDS, log)
     for host in data.get("hosts", []):
         merged = host.get("merged")
         if not merged:

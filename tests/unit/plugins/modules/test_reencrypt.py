@@ -69,7 +69,7 @@ def test_state_file_round_trip(tmp_path):
     state.save()
     assert oct(os.stat(os.path.dirname(path)).st_mode & 0o777) == "0o700"
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
-    assert [name for name in os.listdir(os.path.dirname(path))] == ["state.json"]
+    assert os.listdir(os.path.dirname(path)) == ["state.json"]
 
     again = reencrypt.RunState(path, "https://a:6443")
     again.load(resume=True)

@@ -6,11 +6,16 @@ tests/integration/test_kube_apiserver_standin.py.
 
 import base64
 import json
+import ssl
+import urllib.error
+import urllib.request
 
 import pytest
 import yaml
 
 from tests.harness.etcd_fixtures import load_fixtures
+from tests.harness.kube_apiserver_standin import KubeApiserverStandin
+from tests.harness.procs import free_port
 from tests.harness.standin import ciphers, encryption, flags, k8s_protobuf, store
 from tests.harness.standin.metrics import StandinMetrics
 
@@ -221,3 +226,32 @@ def test_custom_resource_declarations():
     assert not store.parse_custom_resource("gadgets.example.com/v2/Gadget/cluster").namespaced
     with pytest.raises(ValueError, match="<plural>.<group>/<version>/<Kind>"):
         store.parse_custom_resource("widgets/v1")
+
+
+def test_in_process_standin_serves_https_with_its_own_certificate_and_reports_etcd_down(tmp_path):
+    """No etcd at all: it still starts (as kube-apiserver does), and its health says why it is not ready."""
+    tokens = tmp_path / "tokens.csv"
+    tokens.write_text('unit-token,unit-user,unit-uid,"system:masters"\n', encoding="utf-8")
+    standin = KubeApiserverStandin.from_flags([
+        f"--etcd-servers=http://127.0.0.1:{free_port()}", "--bind-address=127.0.0.1", "--secure-port=0",
+        f"--cert-dir={tmp_path / 'certs'}", f"--token-auth-file={tokens}", "--encryption-provider-config-automatic-reload"])
+    with standin:
+        context = ssl.create_default_context(cafile=str(tmp_path / "certs" / "kube-apiserver-standin-ca.crt"))
+
+        def get(path, token=None):
+            request = urllib.request.Request(standin.url + path, headers={"Authorization": f"Bearer {token}"} if token else {})
+            try:
+                with urllib.request.urlopen(request, context=context, timeout=10) as response:  # nosec: loopback
+                    return response.status, response.read().decode()
+            except urllib.error.HTTPError as error:
+                return error.code, error.read().decode()
+
+        assert get("/version")[0] == 200
+        status, body = get("/readyz?verbose")
+        assert status == 500 and "[-]etcd failed" in body and "[+]kms-providers ok" in body
+        assert get("/healthz/kms-providers") == (200, "ok")
+        assert get("/api/v1/secrets")[0] == 401
+        assert get("/metrics", "wrong-token")[0] == 401
+        status, body = get("/api/v1/namespaces/default/secrets/x", "unit-token")
+        assert status == 500 and json.loads(body)["reason"] == "InternalError"
+        assert get("/api/v1/namespaces/default/pods", "unit-token")[0] == 404
