@@ -14,8 +14,9 @@ description:
     when it reloads its EncryptionConfiguration (C(apiserver_encryption_config_controller_automatic_reloads_total),
     or the older C(..._automatic_reload_success_total)) and when it loads another one
     (C(apiserver_encryption_config_controller_last_config_info)).
-  - From the metrics it also reports, per KMS provider, the hash of each key_id that the plugin's C(Status) returned
-    and when it last did (C(apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds)): RV(kms_status_key_ids).
+  - From the metrics it also reports in RV(kms_status_key_ids), per KMS provider, the hash of each key_id that the
+    plugin's C(Status) returned and when it last did
+    (C(apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds)).
   - With O(changed_from) (a RV(state) read before a change) it waits until the state differs, so that an answer of
     the previous process, or of the previous configuration, is never taken for the new one; it fails at once
     when the apiserver reports that it rejected the changed configuration (a failed automatic reload).
