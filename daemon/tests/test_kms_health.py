@@ -5,6 +5,7 @@ real Barbican fetcher against a loopback port nothing listens on.
 """
 
 import json
+import os
 import socket
 
 import prometheus_client
@@ -74,6 +75,8 @@ def test_status_names_a_decrypt_only_key_that_never_loaded(served, fetcher, caps
     daemon.keys.refresh()
     code, answer = _status(capsys, cfg)
     assert code == 0 and answer["all_keys_loaded"] and answer["reload"] is None
+    # The process that serves the socket: where a reload's SIGHUP goes.
+    assert answer["pid"] == os.getpid()
 
 
 def test_reload_with_credentials_that_cannot_fetch_is_refused(served, fetcher, capsys):

@@ -130,6 +130,11 @@ status:
       description: The KMS API version.
       type: str
       sample: v2
+    pid:
+      description:
+        - The process that answered on the socket, where a reload (SIGHUP) goes; V(null) when it cannot tell.
+        - The same pid before and after a reload shows that the socket was never dropped.
+      type: int
 socket:
   description: The socket that was asked; empty when neither O(socket) nor the configuration gives one.
   returned: always
@@ -140,6 +145,21 @@ configured_key_ids:
   returned: always
   type: list
   elements: str
+configured_keys:
+  description: The configured keys as the configuration gives them, primary first; empty when it cannot be read.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    key_id:
+      description: The key_id.
+      type: str
+    secret:
+      description: The Barbican secret, as written in the configuration (UUID or href).
+      type: str
+    role:
+      description: C(primary) or C(decrypt-only).
+      type: str
 loaded_key_ids:
   description: The key_ids whose material the plugin holds, from its metrics; V(null) when the metrics cannot be read.
   returned: always
@@ -212,7 +232,7 @@ class PluginInfo:
     def status(self, socket):
         command = self.params["command"]
         unknown = {"reachable": False, "healthy": False, "key_id": "", "version": "",
-                   "all_keys_loaded": False, "keys": None, "reload": None}
+                   "all_keys_loaded": False, "keys": None, "reload": None, "pid": None}
         if not os.path.exists(command):
             return dict(unknown, healthz=f"{command} does not exist")
         if not socket:
@@ -232,6 +252,7 @@ class PluginInfo:
             "all_keys_loaded": bool(answer.get("all_keys_loaded")),
             "keys": answer.get("keys"),
             "reload": answer.get("reload"),
+            "pid": answer.get("pid"),
         }
 
     def loaded_key_ids(self, metrics):
@@ -285,6 +306,7 @@ class PluginInfo:
             "socket": socket,
             "status": self.status(socket),
             "configured_key_ids": [key["key_id"] for key in report.get("keys", [])],
+            "configured_keys": report.get("keys", []),
             "loaded_key_ids": self.loaded_key_ids(report.get("metrics")),
             "service": self.service(),
         }

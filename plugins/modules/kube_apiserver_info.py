@@ -14,6 +14,9 @@ description:
     when it reloads its EncryptionConfiguration (C(apiserver_encryption_config_controller_automatic_reloads_total),
     or the older C(..._automatic_reload_success_total)) and when it loads another one
     (C(apiserver_encryption_config_controller_last_config_info)).
+  - From the metrics it also reports in RV(kms_status_key_ids), per KMS provider, the hash of each key_id that the
+    plugin's C(Status) returned and when it last did
+    (C(apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds)).
   - With O(changed_from) (a RV(state) read before a change) it waits until the state differs, so that an answer of
     the previous process, or of the previous configuration, is never taken for the new one; it fails at once
     when the apiserver reports that it rejected the changed configuration (a failed automatic reload).
@@ -150,6 +153,24 @@ state:
       description: The C(hash) labels of C(apiserver_encryption_config_controller_last_config_info).
       type: list
       elements: str
+kms_status_key_ids:
+  description:
+    - Per KMS v2 provider, the key_ids its plugin's C(Status) returned, as C(sha256:<hex>) of the key_id (the apiserver
+      exports no key_id itself), with when the apiserver last received each; empty when the metrics cannot be read.
+    - The key_id with the latest time is the one the apiserver encrypts new objects with.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    provider_name:
+      description: The provider's name in the EncryptionConfiguration.
+      type: str
+    key_id_hash:
+      description: C(sha256:) and the hex SHA-256 of the key_id.
+      type: str
+    last_seconds:
+      description: When C(Status) last returned it, in seconds since the epoch.
+      type: float
 changed:
   description: Always V(false); the module only reads.
   returned: always
@@ -166,6 +187,7 @@ from urllib.parse import urlsplit
 from ansible.module_utils.basic import AnsibleModule
 
 _PREFIX = "apiserver_encryption_config_controller_"
+_KMS_STATUS_KEY_ID = "apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds"
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)", re.MULTILINE)
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -212,6 +234,22 @@ def parse_state(text):
     state["reload_success"], state["reload_failure"] = counts["success"], counts["failure"]
     state["config_hashes"].sort()
     return state
+
+
+def parse_kms_status_key_ids(text):
+    """Per provider, the key_id hashes that Status returned and when it last did."""
+    found = []
+    for match in _SAMPLE.finditer(text):
+        if match.group("name") != _KMS_STATUS_KEY_ID:
+            continue
+        labels = dict(_LABEL.findall(match.group("labels") or ""))
+        try:
+            seconds = float(match.group("value"))
+        except ValueError:
+            continue
+        found.append({"provider_name": labels.get("provider_name", ""), "key_id_hash": labels.get("key_id_hash", ""),
+                      "last_seconds": seconds})
+    return sorted(found, key=lambda item: (item["provider_name"], item["last_seconds"]))
 
 
 def compare(before, now):
@@ -285,6 +323,7 @@ class ApiserverInfo:
             "readyz": {"status": ready[0], "body": ready[1][:2000]},
             "kms_providers": {"status": kms[0], "body": kms[1][:2000]},
             "state": state,
+            "kms_status_key_ids": parse_kms_status_key_ids(metrics) if metrics_status == 200 else [],
             "metrics": (metrics_status, metrics[:300]),
         }
 

@@ -39,12 +39,16 @@ def test_healthy_unhealthy_and_stopped(runner, keystone, barbican, tmp_path):
         assert info["changed"] is False
         status = info["status"]
         keys = status.pop("keys")
+        # The process that answered on the socket: the daemon itself.
+        assert status.pop("pid") == plugin.process.popen.pid
         assert status == {"reachable": True, "healthy": True, "healthz": "ok", "key_id": primary_id, "version": "v2",
                           "all_keys_loaded": True, "reload": None}
         assert [(key["key_id"], key["role"], key["loaded"], key["last_error"]) for key in keys] == [
             (primary_id, "primary", True, "none"), (old_id, "decrypt-only", True, "none")]
         assert info["socket"] == plugin.socket
         assert info["configured_key_ids"] == [primary_id, old_id]
+        assert info["configured_keys"] == [{"key_id": primary_id, "secret": primary, "role": "primary"},
+                                           {"key_id": old_id, "secret": old, "role": "decrypt-only"}]
         assert info["loaded_key_ids"] == sorted([primary_id, old_id])
         assert info["service"] is None
         assert keystone.plugin_user.password not in run.output
@@ -54,7 +58,7 @@ def test_healthy_unhealthy_and_stopped(runner, keystone, barbican, tmp_path):
     run = runner.run([_info(plugin)])
     stopped = run.task("info")
     assert stopped["status"]["reachable"] is False and stopped["status"]["healthy"] is False
-    assert stopped["status"]["healthz"].startswith("unreachable")
+    assert stopped["status"]["healthz"].startswith("unreachable") and stopped["status"]["pid"] is None
     assert stopped["loaded_key_ids"] is None and any("metrics" in warning for warning in stopped.get("warnings", []))
 
     # A primary that Barbican does not have: the plugin answers, unhealthy, and says why.

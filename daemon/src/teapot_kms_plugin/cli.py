@@ -41,18 +41,18 @@ def serve(args, make_keyring=cache_keyring):
 
 
 def status(args):
-    """Status as the apiserver sees it, plus every key's state and the last reload; exit 0 only when all are well."""
+    """Status as the apiserver sees it, plus every key's state, the last reload and the serving pid; exit 0 only when all are well."""
     with KmsClient(args.socket, timeout=args.timeout) as client:
         try:
             response = client.status()
         except grpc.RpcError as exc:
             print(json.dumps({"healthz": f"unreachable: {exc.code().name}: {exc.details()}", "key_id": "", "version": "",
-                              "keys": None, "reload": None, "all_keys_loaded": False}))
+                              "keys": None, "reload": None, "pid": None, "all_keys_loaded": False}))
             return 2
         try:
             report = client.report()
         except grpc.RpcError as exc:
-            report = {"keys": None, "reload": None, "report_error": f"{exc.code().name}: {exc.details()}"}
+            report = {"keys": None, "reload": None, "pid": None, "report_error": f"{exc.code().name}: {exc.details()}"}
     keys = report.get("keys")
     all_loaded = bool(keys) and all(key["loaded"] for key in keys)
     print(json.dumps(dict(report, healthz=response.healthz, key_id=response.key_id, version=response.version,

@@ -3,6 +3,7 @@
 import dataclasses
 import gc
 import logging
+import os
 import signal
 import threading
 import time
@@ -47,11 +48,16 @@ class Daemon:
         self.last_reload = None
 
     def report(self):
-        """What ``teapot-kms-plugin status`` shows beyond Status: every key's state and the last reload."""
+        """What ``teapot-kms-plugin status`` shows beyond Status: every key's state, the last reload and the pid.
+
+        The pid is the process that answered on the socket: a reload (SIGHUP) goes to it whatever started
+        the plugin, and the same pid afterwards shows that the socket was never dropped.
+        """
         keys = self.keys
         return {
             "keys": [] if keys is None else [state._asdict() for state in keys.states()],
             "reload": self.last_reload,
+            "pid": os.getpid(),
         }
 
     def _reload_done(self, result, reason):

@@ -101,3 +101,22 @@ def test_a_token_is_hidden(run_module, tmp_path):
                                           "client_cert": "", "token": "s3cret-token-value"})
     assert code == 0 and not result["healthy"]
     assert "s3cret-token-value" not in str(result)
+
+
+def test_parse_kms_status_key_ids():
+    # As kube-apiserver 1.31 exports it; other families and malformed samples are ignored.
+    text = "\n".join([
+        "# TYPE apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds gauge",
+        'apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds{apiserver_id_hash="sha256:aa",'
+        'key_id_hash="sha256:new",provider_name="teapot"} 1.7e+09',
+        'apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds{apiserver_id_hash="sha256:aa",'
+        'key_id_hash="sha256:old",provider_name="teapot"} 1.6e+09',
+        'apiserver_envelope_encryption_key_id_hash_last_timestamp_seconds{key_id_hash="sha256:other",provider_name="teapot",'
+        'transformation_type="to_storage",apiserver_id_hash="sha256:aa"} 1.8e+09',
+        'apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds{key_id_hash="sha256:x"} NaNish',
+    ])
+    assert info.parse_kms_status_key_ids(text) == [
+        {"provider_name": "teapot", "key_id_hash": "sha256:old", "last_seconds": 1.6e9},
+        {"provider_name": "teapot", "key_id_hash": "sha256:new", "last_seconds": 1.7e9},
+    ]
+    assert not info.parse_kms_status_key_ids("process_start_time_seconds 1\n")
