@@ -57,8 +57,8 @@ options:
       - When the key expires, in ISO 8601 (for example V(2030-01-01T00:00:00Z)); a time without zone is UTC.
       - Set only when the key is ordered; Barbican cannot change it later.
       - Once expired, Barbican no longer returns the key, and a KMS plugin that uses it can no longer decrypt what
-        it wrapped: the cluster's Secrets become unreadable. The module refuses an expiration for a key in a KMS
-        plugin's keyring (one that has, or is given, a consumer of O(consumers[].resource_type=kms-plugin)),
+        it wrapped, so the cluster's Secrets become unreadable. The module refuses an expiration for a key in a KMS
+        plugin's keyring (one that has, or is given, a consumer whose O(consumers[].resource_type) is V(kms-plugin)),
         and warns for any other key that expires.
     type: str
   acl:
