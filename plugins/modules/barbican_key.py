@@ -56,6 +56,10 @@ options:
     description:
       - When the key expires, in ISO 8601 (for example V(2030-01-01T00:00:00Z)); a time without zone is UTC.
       - Set only when the key is ordered; Barbican cannot change it later.
+      - Once expired, Barbican no longer returns the key, and a KMS plugin that uses it can no longer decrypt what
+        it wrapped, so the cluster's Secrets become unreadable. The module refuses an expiration for a key in a KMS
+        plugin's keyring (one that has, or is given, a consumer whose O(consumers[].resource_type) is V(kms-plugin)),
+        and warns for any other key that expires.
     type: str
   acl:
     description:
@@ -221,6 +225,10 @@ from ansible_collections.teapot.kms.plugins.module_utils._barbican import (
 )
 
 
+# The consumer resource type that marks a key as being in a KMS plugin's keyring.
+KEYRING_RESOURCE_TYPE = "kms-plugin"
+
+
 def _consumer_key(consumer):
     return (consumer["service"], consumer["resource_type"], consumer["resource_id"])
 
@@ -264,6 +272,23 @@ class BarbicanKeyModule(BarbicanModule):
             return isoformat(parse_time(text))
         except ValueError:
             raise BarbicanError(f"expiration {text!r} is not an ISO 8601 time such as 2030-01-01T00:00:00Z") from None
+
+    def _check_expiration(self, current, expiration):
+        """Refuse an expiring key in a KMS plugin's keyring; warn about any other expiring key."""
+        expires = expiration or (current or {}).get("expiration")
+        if not expires:
+            return
+        consumers = self.params["consumers"] + ((current or {}).get("consumers") or [])
+        keyring = sorted({"/".join(_consumer_key(item)) for item in consumers if item["resource_type"] == KEYRING_RESOURCE_TYPE})
+        if keyring:
+            where = f"the existing key {self.params['name']!r} ({current['href']}) expires" if current and current.get("expiration") \
+                else f"expiration {expires} is set for {self.params['name']!r}"
+            raise BarbicanError(
+                f"{where}, and the key is in a KMS plugin's keyring ({', '.join(keyring)}): once it expires Barbican no longer "
+                "returns it and every object it encrypted becomes unreadable. Nothing was changed. Order the key without "
+                "expiration, and rotate it by ordering a new key and re-encrypting (teapot.kms.reencrypt)")
+        self.module.warn(f"key {self.params['name']!r} expires at {expires}: after that Barbican no longer returns it, and "
+                         "whatever it encrypted can no longer be decrypted; do not put it in a KMS plugin's keyring")
 
     def _check_immutable(self, current, expiration):
         wanted = {
@@ -317,10 +342,14 @@ class BarbicanKeyModule(BarbicanModule):
 
     def present(self):
         expiration = self._expiration()
+        # Refused before Barbican is asked anything when the options alone decide.
+        if expiration is not None and any(item["resource_type"] == KEYRING_RESOURCE_TYPE for item in self.params["consumers"]):
+            self._check_expiration(None, expiration)
         secret = self._find()
         before = self.describe_secret(secret) if secret else None
         if before:
             self._check_immutable(before, expiration)
+        self._check_expiration(before, expiration)
         after, actions, missing = self._desired(before)
         if actions and not self.module.check_mode:
             href = before["href"] if before else None

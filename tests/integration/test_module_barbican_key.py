@@ -195,6 +195,27 @@ def test_expiration_and_payload_on_request(runner, keystone, barbican, conn):
     assert base64.b64decode(ordered["key"]["payload"]) == _payload(barbican, keystone.plugin_user, ordered["key"]["href"])
     assert run.task("same expiration")["changed"] is False
     assert "expiration is '2040-01-02T03:04:05+00:00', not '2041-01-01T00:00:00+00:00'" in run.task("other expiration")["msg"]
+    assert any("expires at 2040-01-02T03:04:05+00:00" in warning and "KMS plugin's keyring" in warning
+               for warning in run.task("same expiration")["warnings"])
+
+
+def test_an_expiring_key_is_refused_in_a_keyring(runner, barbican, conn):
+    name = _name("kek-expiring-keyring")
+    consumer = {"service": "kubernetes", "resource_type": "kms-plugin", "resource_id": "test-cluster"}
+    run = runner.run([
+        _key_task("order for a keyring", conn, name=name, expiration="2040-01-02T03:04:05Z", consumers=[consumer]),
+        _key_task("order without consumer", conn, name=name, expiration="2040-01-02T03:04:05Z"),
+        _key_task("put it in a keyring", conn, name=name, consumers=[consumer]),
+        _info_task("after", conn, name),
+    ])
+    refused = run.task("order for a keyring")
+    assert refused["failed"] is True and "KMS plugin's keyring (kubernetes/kms-plugin/test-cluster)" in refused["msg"]
+    assert run.task("order without consumer")["changed"] is True
+    href = run.task("order without consumer")["key"]["href"]
+    refused = run.task("put it in a keyring")
+    assert refused["failed"] is True
+    assert f"the existing key {name!r} ({href}) expires" in refused["msg"] and "Nothing was changed" in refused["msg"]
+    assert [(item["href"], item["consumers"]) for item in run.task("after")["barbican_keys"]] == [(href, [])]
 
 
 def test_clouds_yaml_entry(runner, keystone, barbican, tmp_path):

@@ -48,6 +48,16 @@ def test_bad_expiration(run_module):
     assert result["msg"] == "expiration 'next tuesday' is not an ISO 8601 time such as 2030-01-01T00:00:00Z"
 
 
+def test_expiration_refused_for_a_key_given_to_a_kms_plugin(run_module):
+    # Refused from the options alone: no Barbican listens on the auth port.
+    code, result = run_module(barbican_key.main, {
+        "name": "k", "auth": _auth(), "expiration": "2040-01-01T00:00:00Z",
+        "consumers": [{"service": "kubernetes", "resource_type": "kms-plugin", "resource_id": "prod"}]})
+    assert code == 1
+    assert "expiration 2040-01-01T00:00:00+00:00 is set for 'k'" in result["msg"]
+    assert "KMS plugin's keyring (kubernetes/kms-plugin/prod)" in result["msg"]
+
+
 def test_cloud_must_be_a_name_or_a_dict(run_module):
     code, result = run_module(barbican_key.main, {"name": "k", "cloud": 5})
     assert code == 1 and "cloud must be the name of a clouds.yaml entry or a dict" in result["msg"]
