@@ -41,7 +41,8 @@ options:
         default: 30
 notes:
   - The module talks to etcd's JSON gateway (C(/v3/...)), which etcd 3.4 and newer serve on their client URLs by
-    default, so the host needs no etcdctl and no etcd client package.
+    default, so the host needs no etcdctl and no etcd client package; a module with a C(transport) option can read
+    etcd over its gRPC API instead.
   - etcd's own user authentication (C(etcdctl auth enable)) is not supported; kubeadm clusters authenticate
     with client certificates only.
 '''

@@ -45,10 +45,10 @@ def etcd_argument_spec():
     ))
 
 
-def client_from_params(connection, timeout=None):
-    """An EtcdClient from the ``etcd`` option's value (``timeout`` overrides its timeout)."""
-    return EtcdClient(connection["endpoints"], cacert=connection["cacert"], cert=connection["cert"],
-                      key=connection["key"], timeout=timeout or connection["timeout"])
+def client_from_params(connection, timeout=None, client_class=None):
+    """An EtcdClient (or a ``client_class`` with its options) from the ``etcd`` option's value (``timeout`` overrides its timeout)."""
+    return (client_class or EtcdClient)(connection["endpoints"], cacert=connection["cacert"], cert=connection["cert"],
+                                        key=connection["key"], timeout=timeout or connection["timeout"])
 
 
 class EtcdError(Exception):
@@ -95,7 +95,93 @@ def prefix_range_end(prefix):
     return b"\x00"  # every key
 
 
-class _Endpoint:
+def tls_context(cacert, cert, key):
+    """An ``ssl.SSLContext`` for these files; EtcdError saying which file is wrong when one cannot be used."""
+    for what, path in (("cacert", cacert), ("cert", cert), ("key", key)):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise EtcdError(f"cannot read the etcd {what} {path}: {exc.strerror}"
+                            + (" (run as root, for example with become)" if isinstance(exc, PermissionError) else "")) from None
+    try:
+        context = ssl.create_default_context(cafile=cacert)
+    except ssl.SSLError as exc:
+        raise EtcdError(f"the etcd cacert {cacert} holds no usable CA certificate ({exc.reason or exc})") from None
+    if cert:
+        try:
+            context.load_cert_chain(cert, keyfile=key)
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                reason = f"the key {key} does not belong to the certificate {cert}"
+            else:
+                reason = f"{cert} and {key or 'its key'} are not a PEM certificate and private key ({exc.reason or exc})"
+            raise EtcdError(f"cannot load the etcd client certificate: {reason}") from None
+    return context
+
+
+# What to tell the user when a connection fails before etcd answered: shared by every transport.
+
+def untrusted_server(url, detail):
+    return (f"{url}: the server's TLS certificate is not trusted ({detail}): set cacert to the CA that "
+            "signed etcd's server certificate (kubeadm: /etc/kubernetes/pki/etcd/ca.crt) and use an address "
+            "the certificate names")
+
+
+def not_tls(url):
+    return f"{url}: the server does not speak TLS: use http:// if this etcd serves plain HTTP, or check the port"
+
+
+def client_certificate_refusal(cert):
+    """Why a TLS etcd closes the connection on a client: its certificate (``cert``, None when none was given)."""
+    if cert:
+        return (f"it refuses the client certificate {cert} (not signed by the CA etcd trusts with "
+                "--trusted-ca-file, expired, or not for client authentication)")
+    return ("it demands a client certificate: set cert and key (kubeadm: "
+            "/etc/kubernetes/pki/apiserver-etcd-client.crt and .key)")
+
+
+def no_answer(url, timeout):
+    return f"{url}: no answer within {timeout}s: check the endpoint and the network, or raise the timeout"
+
+
+def connection_refused(url):
+    return f"{url}: connection refused: check that etcd runs there and that the address and port are right"
+
+
+def unresolvable(url, host, detail):
+    return f"{url}: cannot resolve {host} ({detail})"
+
+
+def unreachable(url, detail):
+    return f"{url}: {detail}: check that etcd runs there and that the address and port are right"
+
+
+def reach_failure(failures):
+    """The EtcdError for endpoints that all failed (``failures``: one message per endpoint, in order)."""
+    if len(failures) == 1:
+        return EtcdError(f"cannot reach etcd at {failures[0]}")
+    return EtcdError("cannot reach etcd at any endpoint: " + "; ".join(failures))
+
+
+def request_refused(url, code, message):
+    """The EtcdError for a request etcd answered with an error (``code``: its gRPC status code)."""
+    if code == _PERMISSION_DENIED:
+        hint = "etcd authorisation is on and this user may not do that: use the apiserver's etcd client certificate"
+    elif code == _UNAUTHENTICATED:
+        hint = "etcd's own user authentication is on, which this client does not use: authenticate with a client certificate"
+    elif "compacted" in message:
+        hint = "the revision read was compacted meanwhile: run again"
+    else:
+        hint = None
+    return EtcdError(f"{url}: etcd refused the request: {message}" + (f" ({hint})" if hint else ""))
+
+
+class Endpoint:
+    """One client URL of etcd: ``scheme``, ``host``, ``port``."""
+
     def __init__(self, url):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -108,6 +194,18 @@ class _Endpoint:
         self.port = parts.port or 2379
 
 
+def parse_endpoints(endpoints, cert=None, key=None):
+    """``endpoints`` (client URLs, or one URL) as a list of Endpoint; EtcdError for an unusable one, or a key without ``cert``."""
+    if isinstance(endpoints, str):
+        endpoints = [endpoints]
+    if not endpoints:
+        raise EtcdError("no etcd endpoint given: set at least one client URL, for example https://127.0.0.1:2379")
+    parsed = [Endpoint(url) for url in endpoints]
+    if key and not cert:
+        raise EtcdError("an etcd client key was given without its certificate: set cert too")
+    return parsed
+
+
 class EtcdClient:
     """etcd v3 through its JSON gateway, with TLS client certificates.
 
@@ -117,46 +215,15 @@ class EtcdClient:
     """
 
     def __init__(self, endpoints, cacert=None, cert=None, key=None, timeout=10):
-        if isinstance(endpoints, str):
-            endpoints = [endpoints]
-        if not endpoints:
-            raise EtcdError("no etcd endpoint given: set at least one client URL, for example https://127.0.0.1:2379")
-        self.endpoints = [_Endpoint(url) for url in endpoints]
+        self.endpoints = parse_endpoints(endpoints, cert, key)
         self.cacert, self.cert, self.key = cacert, cert, key
-        if key and not cert:
-            raise EtcdError("an etcd client key was given without its certificate: set cert too")
         self.timeout = timeout
         self._context = None
         if any(endpoint.scheme == "https" for endpoint in self.endpoints):
-            self._context = self._tls_context()
+            self._context = tls_context(cacert, cert, key)
         self._lock = threading.Lock()
         self._idle = {}
         self._preferred = 0
-
-    def _tls_context(self):
-        for what, path in (("cacert", self.cacert), ("cert", self.cert), ("key", self.key)):
-            if path is None:
-                continue
-            try:
-                with open(path, "rb"):
-                    pass
-            except OSError as exc:
-                raise EtcdError(f"cannot read the etcd {what} {path}: {exc.strerror}"
-                                + (" (run as root, for example with become)" if isinstance(exc, PermissionError) else "")) from None
-        try:
-            context = ssl.create_default_context(cafile=self.cacert)
-        except ssl.SSLError as exc:
-            raise EtcdError(f"the etcd cacert {self.cacert} holds no usable CA certificate ({exc.reason or exc})") from None
-        if self.cert:
-            try:
-                context.load_cert_chain(self.cert, keyfile=self.key)
-            except ssl.SSLError as exc:
-                if exc.reason == "KEY_VALUES_MISMATCH":
-                    reason = f"the key {self.key} does not belong to the certificate {self.cert}"
-                else:
-                    reason = f"{self.cert} and {self.key or 'its key'} are not a PEM certificate and private key ({exc.reason or exc})"
-                raise EtcdError(f"cannot load the etcd client certificate: {reason}") from None
-        return context
 
     # -- transport ---------------------------------------------------------
 
@@ -219,33 +286,26 @@ class EtcdClient:
         url = endpoint.url
         exc = failure.cause
         if isinstance(exc, ssl.SSLCertVerificationError):
-            return (f"{url}: the server's TLS certificate is not trusted ({exc.verify_message}): set cacert to the CA that "
-                    "signed etcd's server certificate (kubeadm: /etc/kubernetes/pki/etcd/ca.crt) and use an address "
-                    "the certificate names")
+            return untrusted_server(url, exc.verify_message)
         text = str(exc)
         if isinstance(exc, ssl.SSLError) and ("WRONG_VERSION_NUMBER" in text or "wrong version number" in text):
-            return f"{url}: the server does not speak TLS: use http:// if this etcd serves plain HTTP, or check the port"
+            return not_tls(url)
         if isinstance(exc, (ssl.SSLError, ConnectionResetError, http.client.RemoteDisconnected, BrokenPipeError)):
             closed = f"{url}: etcd closed the connection ({type(exc).__name__}: {exc})"
             if endpoint.scheme == "http":
                 return f"{closed} without an answer: if it serves TLS on this port, use https:// with cacert, cert and key"
-            if self.cert:
-                refusal = (f"it refuses the client certificate {self.cert} (not signed by the CA etcd trusts with "
-                           "--trusted-ca-file, expired, or not for client authentication)")
-            else:
-                refusal = ("it demands a client certificate: set cert and key (kubeadm: "
-                           "/etc/kubernetes/pki/apiserver-etcd-client.crt and .key)")
+            refusal = client_certificate_refusal(self.cert)
             if failure.during_handshake and endpoint.scheme == "https":
                 return f"{closed} during the TLS handshake: either it serves plain HTTP on this port (use http://) or {refusal}"
             return f"{closed}: {refusal}"
         if isinstance(exc, (socket.timeout, TimeoutError)):
-            return f"{url}: no answer within {self.timeout}s: check the endpoint and the network, or raise the timeout"
+            return no_answer(url, self.timeout)
         if isinstance(exc, ConnectionRefusedError):
-            return f"{url}: connection refused: check that etcd runs there and that the address and port are right"
+            return connection_refused(url)
         if isinstance(exc, socket.gaierror):
-            return f"{url}: cannot resolve {endpoint.host} ({exc.strerror})"
+            return unresolvable(url, endpoint.host, exc.strerror)
         if isinstance(exc, OSError):
-            return f"{url}: {exc.strerror or exc}: check that etcd runs there and that the address and port are right"
+            return unreachable(url, exc.strerror or exc)
         return f"{url}: {type(exc).__name__}: {exc}"
 
     def _call_endpoint(self, endpoint, path, request):
@@ -257,25 +317,12 @@ class EtcdClient:
         if status == 200 and isinstance(answer, dict):
             return answer
         if isinstance(answer, dict) and ("error" in answer or "message" in answer):
-            raise self._api_error(endpoint, answer)
+            raise request_refused(endpoint.url, answer.get("code"), answer.get("message") or answer.get("error") or "no message")
         snippet = payload[:200].decode("utf-8", "replace").strip()
         if status == 400 and "HTTPS server" in snippet:
             raise EtcdError(f"{endpoint.url}: etcd serves TLS there: use https:// with cacert, cert and key")
         raise EtcdError(f"{endpoint.url}: HTTP {status} from {_API}{path} ({snippet!r}): this is not the JSON gateway of "
                         "an etcd 3.4 or newer client URL")
-
-    def _api_error(self, endpoint, answer):
-        code = answer.get("code")
-        message = answer.get("message") or answer.get("error") or "no message"
-        if code == _PERMISSION_DENIED:
-            hint = "etcd authorisation is on and this user may not do that: use the apiserver's etcd client certificate"
-        elif code == _UNAUTHENTICATED:
-            hint = "etcd's own user authentication is on, which this client does not use: authenticate with a client certificate"
-        elif "compacted" in message:
-            hint = "the revision read was compacted meanwhile: run again"
-        else:
-            hint = None
-        return EtcdError(f"{endpoint.url}: etcd refused the request: {message}" + (f" ({hint})" if hint else ""))
 
     def _call(self, path, request):
         """POST ``request`` to every endpoint in turn until one answers; raise EtcdError when none does."""
@@ -291,9 +338,7 @@ class EtcdClient:
                 continue
             self._preferred = index
             return answer
-        if count == 1:
-            raise EtcdError(f"cannot reach etcd at {failures[0]}")
-        raise EtcdError("cannot reach etcd at any endpoint: " + "; ".join(failures))
+        raise reach_failure(failures)
 
     # -- key-value API -----------------------------------------------------
 

@@ -143,7 +143,12 @@ def _build_encrypted_object_class():
     # A private pool: the default one may already hold other "v2" messages.
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
-    descriptor = pool.FindMessageTypeByName("v2.EncryptedObject")
+    return message_class(pool, "v2.EncryptedObject")
+
+
+def message_class(pool, full_name):
+    """The class of the message ``full_name`` of the descriptor pool ``pool`` (any protobuf from 3.20 on)."""
+    descriptor = pool.FindMessageTypeByName(full_name)
     if hasattr(message_factory, "GetMessageClass"):
         return message_factory.GetMessageClass(descriptor)
     # protobuf < 4.22 (for example Debian 12's python3-protobuf)

@@ -17,9 +17,10 @@ description:
   - Never decrypts anything and never returns an object's content.
   - Reads page by page (O(page_size) objects at a time, all pages at one etcd revision), so clusters with
     tens of thousands of objects are audited in bounded memory.
-  - Talks to etcd's JSON gateway (C(/v3/kv/range)), which etcd 3.4 and newer serve on their client URLs by
-    default, with the TLS client certificate of kube-apiserver. The host therefore needs no etcdctl and no
-    etcd client package; it must be able to read those certificates (a control-plane node, as root).
+  - Reads etcd over its gRPC API when the Python that runs the module has C(grpcio), else through etcd's JSON
+    gateway (C(/v3/kv/range)), which etcd 3.4 and newer serve on their client URLs by default; see O(transport).
+    Both use the TLS client certificate of kube-apiserver, so the host needs no etcdctl; it must be able to read
+    those certificates (a control-plane node, as root).
 extends_documentation_fragment:
   - teapot.kms.attributes.INFO_MODULE
   - teapot.kms.etcd
@@ -75,10 +76,26 @@ options:
       - How many objects to read from etcd at a time.
     type: int
     default: 1000
+  transport:
+    description:
+      - How to read etcd.
+      - V(grpc) reads over etcd's own gRPC API (C(KV/Range)) with the Python libraries C(grpcio) and C(protobuf);
+        the module fails when the Python that runs it cannot import them. The KMS plugin's venv on every
+        control-plane node has both (C(ansible_python_interpreter=/opt/teapot-kms/kms-plugin/bin/python), see
+        the C(kms_plugin_venv_path) of the role teapot.kms.kms_plugin); the playbooks teapot.kms.verify and
+        teapot.kms.rotate_key run the audit with it when it is there.
+      - V(json) reads through etcd's JSON gateway with Python's standard library. etcd spends about four times
+        the CPU on a JSON answer as on the same gRPC one, so on large clusters this is the slower choice.
+      - V(auto) uses V(grpc) when C(grpcio) and C(protobuf) import, else V(json).
+      - RV(transport) says which one was used.
+    type: str
+    default: auto
+    choices: [auto, grpc, json]
 requirements:
   - the Python library C(protobuf) on the host that runs the module (C(python3-protobuf) on Debian and Ubuntu),
     to read KMS v2 values
-  - etcd 3.4 or newer with its JSON gateway on (the default; C(--enable-grpc-gateway))
+  - for O(transport=grpc), the Python library C(grpcio) too (the KMS plugin's venv has both)
+  - for O(transport=json), etcd 3.4 or newer with its JSON gateway on (the default; C(--enable-grpc-gateway))
 notes:
   - An object created or rewritten after the audit's revision is not seen; RV(revision) says which one was read.
 seealso:
@@ -191,11 +208,17 @@ revision:
   description: The etcd revision that was read.
   returned: always
   type: int
+transport:
+  description: How etcd was read - V(grpc) (etcd's gRPC API) or V(json) (etcd's JSON gateway); see O(transport).
+  returned: always
+  type: str
+  sample: grpc
 '''
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.teapot.kms.plugins.module_utils._encryption_audit import Expectation, audit
 from ansible_collections.teapot.kms.plugins.module_utils._etcd import EtcdError, client_from_params, etcd_argument_spec
+from ansible_collections.teapot.kms.plugins.module_utils._etcd_grpc import EtcdGrpcClient, grpc_import_error
 from ansible_collections.teapot.kms.plugins.module_utils._kms_storage import (
     HAS_PROTOBUF,
     PROTOBUF_IMPORT_ERROR,
@@ -207,6 +230,22 @@ def _objects(count):
     return f"{count} object is" if count == 1 else f"{count} objects are"
 
 
+def choose_transport(module):
+    """``grpc`` or ``json``, as O(transport) asks and the Python running the module can; fails for grpc without grpcio."""
+    requested = module.params["transport"]
+    if requested == "json":
+        return "json"
+    error = grpc_import_error()
+    if error is None:
+        return "grpc"
+    if requested == "grpc":
+        module.fail_json(msg=missing_required_lib(
+            "grpcio", reason="for transport=grpc: run the module with a Python that has grpcio and protobuf, such as the "
+                             "KMS plugin's venv (ansible_python_interpreter=/opt/teapot-kms/kms-plugin/bin/python), "
+                             "or set transport=json"), exception=error)
+    return "json"
+
+
 def run(module):
     params = module.params
     if params["expected_key_id"] is not None and params["expected_provider_type"] != "kms-v2":
@@ -215,18 +254,19 @@ def run(module):
         module.fail_json(msg="page_size must be at least 1")
     connection = params["etcd"]
     expectation = Expectation(params["expected_provider_type"], params["expected_provider"], params["expected_key_id"])
+    transport = choose_transport(module)
     try:
-        client = client_from_params(connection)
+        client = client_from_params(connection, client_class=EtcdGrpcClient if transport == "grpc" else None)
         try:
             result = audit(client, params["resources"], expectation, list_all=params["list"] == "all",
                            page_size=params["page_size"], etcd_prefix=params["etcd_prefix"])
         finally:
             client.close()
     except EtcdError as exc:
-        module.fail_json(msg=f"cannot read the objects from etcd: {exc}")
+        module.fail_json(msg=f"cannot read the objects from etcd: {exc}", transport=transport)
     except ValueError as exc:
         module.fail_json(msg=str(exc))
-    values = dict(changed=False, **result.as_dict())
+    values = dict(changed=False, transport=transport, **result.as_dict())
     if params["fail_on_plaintext"] and result.plaintext:
         plaintext = {resource: per_type.get("identity/-/-", 0) for resource, per_type in result.counts.items()}
         module.fail_json(msg=f"{_objects(result.plaintext)} stored in plaintext ("
@@ -254,6 +294,7 @@ def main():
             fail_on_unexpected=dict(type="bool", default=False),
             list=dict(type="str", default="unexpected", choices=["unexpected", "all"]),
             page_size=dict(type="int", default=1000),
+            transport=dict(type="str", default="auto", choices=["auto", "grpc", "json"]),
         ),
         supports_check_mode=True,
     )

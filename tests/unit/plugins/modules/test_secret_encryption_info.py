@@ -71,3 +71,44 @@ def test_any_provider_and_key_id_when_not_given():
     assert values["unexpected"] == 0 and [entry["reason"] for entry in values["objects"]] == [None, None]
     assert values["objects"][0]["annotations"] == {"version.teapot.example.com": "MQ=="}
     assert values["objects"][0]["dek_source_type"] == 1
+
+
+MISSING_GRPC = "Traceback (most recent call last):\nModuleNotFoundError: No module named 'grpc'\n"
+
+
+@pytest.mark.parametrize("requested, grpc_error, used", [
+    ("auto", None, "grpc"),
+    ("auto", MISSING_GRPC, "json"),
+    ("grpc", None, "grpc"),
+    ("json", None, "json"),
+    ("json", MISSING_GRPC, "json"),
+])
+def test_transport_choice(run_module, monkeypatch, requested, grpc_error, used):
+    """The transport asked for, or for auto the one this Python can use; each then really tries etcd."""
+    monkeypatch.setattr(secret_encryption_info, "grpc_import_error", lambda: grpc_error)
+    dead = f"http://127.0.0.1:{free_port()}"
+    code, result = run_module(secret_encryption_info.main, {"transport": requested, "etcd": {"endpoints": [dead]}})
+    assert code == 1 and result["transport"] == used
+    # Either transport reports the same failure.
+    assert result["msg"] == (f"cannot read the objects from etcd: cannot reach etcd at {dead}: connection refused: "
+                             "check that etcd runs there and that the address and port are right")
+
+
+def test_grpc_without_grpcio_says_which_python_to_use(run_module, monkeypatch):
+    monkeypatch.setattr(secret_encryption_info, "grpc_import_error", lambda: MISSING_GRPC)
+    code, result = run_module(secret_encryption_info.main, {"transport": "grpc", "etcd": {"endpoints": [f"http://127.0.0.1:{free_port()}"]}})
+    assert code == 1 and "transport" not in result
+    assert "Failed to import the required Python library (grpcio)" in result["msg"]
+    assert "run the module with a Python that has grpcio and protobuf, such as the KMS plugin's venv" in result["msg"]
+    assert "/opt/teapot-kms/kms-plugin/bin/python" in result["msg"] and "or set transport=json" in result["msg"]
+
+
+def test_grpc_client_without_grpcio_refuses_to_start(monkeypatch):
+    from ansible_collections.teapot.kms.plugins.module_utils import _etcd_grpc  # pylint: disable=import-outside-toplevel
+    from ansible_collections.teapot.kms.plugins.module_utils._etcd import EtcdError  # pylint: disable=import-outside-toplevel
+
+    assert _etcd_grpc.grpc_import_error() is None  # the test venv has grpcio, as the plugin's venv does
+    monkeypatch.setitem(_etcd_grpc._loaded, "error", MISSING_GRPC)  # pylint: disable=protected-access
+    with pytest.raises(EtcdError, match=r"needs the Python libraries grpcio and protobuf, which this Python cannot import "
+                                        r"\(ModuleNotFoundError: No module named 'grpc'\)"):
+        _etcd_grpc.EtcdGrpcClient(["http://127.0.0.1:2379"])
