@@ -2,9 +2,10 @@
 
 Every value a real kube-apiserver wrote (../shared/fixtures/etcd) is stored
 under its own etcd key; the module must classify each one as the apiserver
-wrote it.  The test then opens the KMS v2 values with the recorded DEK seeds
-from the fields _kms_storage parses, which proves the parser reads the real
-format, not a format of its own.
+wrote it, reading etcd over its gRPC API and through its JSON gateway alike.
+The test then opens the KMS v2 values with the recorded DEK seeds from the
+fields _kms_storage parses, which proves the parser reads the real format, not
+a format of its own.
 """
 
 import base64
@@ -123,7 +124,28 @@ def _private_prefix():
     return f"/teapot-audit-{uuid.uuid4().hex[:8]}/registry"
 
 
-def test_pages_of_mixed_resources(runner, etcd_audit):
+def test_both_transports_read_the_same(runner, loaded):
+    """gRPC and the JSON gateway give the same classification, object for object, over several pages at one revision."""
+    options = dict(resources=["secrets", "configmaps"], expected_provider="fixturekms", expected_key_id="fixture-kek-1",
+                   list="all", page_size=3)
+    # The last one's first endpoint is down: the next is asked, as the JSON client does.
+    failover = dict(loaded.client_options(), endpoints=[f"https://127.0.0.1:{free_port()}", *loaded.endpoints])
+    tasks = [dict(_audit(loaded, transport=transport, **options), name=transport) for transport in ("grpc", "json", "auto")]
+    tasks.append({"name": "failover", "teapot.kms.secret_encryption_info": dict(options, etcd=failover, transport="grpc")})
+    run = runner.run(tasks)
+    assert run.returncode == 0, run.output[-3000:]
+    results = [run.task(name) for name in ("grpc", "json", "auto", "failover")]
+    assert [result["transport"] for result in results] == ["grpc", "json", "grpc", "grpc"]
+    grpc_result = results[0]
+    assert grpc_result["total"] == len(FIXTURES) and len(grpc_result["objects"]) == len(FIXTURES)
+    assert grpc_result["unexpected"] == len(FIXTURES) - 2 and grpc_result["plaintext"] == 1
+    for name in ("counts", "objects", "total", "unexpected", "plaintext", "revision"):
+        # Nothing was written in between: the same revision too.
+        assert all(result[name] == grpc_result[name] for result in results[1:]), name
+
+
+@pytest.mark.parametrize("transport", ["grpc", "json"])
+def test_pages_of_mixed_resources(runner, etcd_audit, transport):
     """More objects than a page, namespaced, cluster-scoped and custom resources, read at one revision."""
     prefix = _private_prefix()
     client = etcd_audit.client()
@@ -140,8 +162,9 @@ def test_pages_of_mixed_resources(runner, etcd_audit):
     client.close()
 
     run = runner.run([_audit(etcd_audit, resources=["secrets", "namespaces", "widgets.example.com"], etcd_prefix=prefix,
-                             expected_provider="teapot", expected_key_id="key-a", page_size=4)])
+                             expected_provider="teapot", expected_key_id="key-a", page_size=4, transport=transport)])
     result = run.task("audit")
+    assert result["transport"] == transport
     assert result["counts"] == {
         "secrets": {"kms-v2/teapot/key-a": 18, "kms-v2/teapot/key-b": 5, "identity/-/-": 1},
         "namespaces": {"identity/-/-": 1},
@@ -191,7 +214,9 @@ def test_fail_on_plaintext(runner, etcd_audit):
     assert result["plaintext"] == 1 and result["counts"] == {"secrets": {}, "configmaps": {"identity/-/-": 1}}
 
 
-def test_unreachable_and_wrong_certificates(runner, etcd_audit):
+@pytest.mark.parametrize("transport", ["grpc", "json"])
+def test_unreachable_and_wrong_certificates(runner, etcd_audit, transport):
+    """Each transport says the same about each mistake."""
     dead = f"https://127.0.0.1:{free_port()}"
     cases = [
         (dict(etcd_audit.client_options(), endpoints=[dead]),
@@ -204,12 +229,16 @@ def test_unreachable_and_wrong_certificates(runner, etcd_audit):
         (dict(etcd_audit.client_options(), cert=None, key=None), "it demands a client certificate: set cert and key"),
         (dict(etcd_audit.client_options(), key=str(etcd_audit.foreign_client_key)),
          f"the key {etcd_audit.foreign_client_key} does not belong to the certificate {etcd_audit.client_cert}"),
+        (dict(etcd_audit.client_options(), endpoints=[etcd_audit.endpoints[0].replace("https://", "http://")]),
+         "if it serves TLS on this port, use https:// with cacert, cert and key"),
     ]
     run = runner.run([{"name": f"case {number}", "ignore_errors": True,
-                       "teapot.kms.secret_encryption_info": {"etcd": options}} for number, (options, _message) in enumerate(cases)])
+                       "teapot.kms.secret_encryption_info": {"etcd": options, "transport": transport}}
+                      for number, (options, _message) in enumerate(cases)])
     for number, (_options, message) in enumerate(cases):
         result = run.task(f"case {number}")
         assert result["failed"] is True and message in result["msg"], (number, result["msg"])
+        assert result["transport"] == transport, number
         assert "Traceback" not in result.get("module_stderr", "")
 
 

@@ -4,6 +4,7 @@ The inventory has two control-plane hosts, both this machine (connection
 local): the audit must run once, on the first.
 """
 
+import subprocess
 import sys
 import uuid
 
@@ -41,8 +42,8 @@ def etcd_verify(harness_servers):
     return server
 
 
-def _inventory(server, **variables):
-    host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+def _inventory(server, python=sys.executable, **variables):
+    host = {"ansible_connection": "local", "ansible_python_interpreter": str(python)}
     return {"all": {
         "children": {"kube_control_plane": {"hosts": {"cp1": dict(host), "cp2": dict(host)}}},
         "vars": {"verify_become": False, "verify_etcd_endpoints": server.endpoints, "verify_etcd_cacert": str(server.ca_path),
@@ -137,3 +138,29 @@ def test_expects_the_key_id_the_plugins_report(runner, etcd_verify, keystone, ba
     assert stopped.returncode != 0
     refusal = stopped.task("Refuse to guess the key_id when a plugin is unhealthy or the plugins disagree")
     assert "Cannot tell which key_id to expect" in refusal["msg"] and "set verify_expected_key_id" in refusal["msg"]
+
+
+def test_audits_with_the_plugin_python_where_the_host_has_it(runner, etcd_verify, tmp_path):
+    """The hosts' usual Python is a bare one (no protobuf, no grpcio), which cannot run the audit.
+
+    With the KMS plugin's venv at kms_plugin_venv_path, the audit runs with its
+    Python and reads etcd over gRPC; without it, the audit runs with the usual
+    Python, which says what it lacks.
+    """
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", bare], check=True)
+    prefix = _store_kms_v2(etcd_verify, ["key-a", "key-a"])
+    common = dict(verify_etcd_prefix=prefix, verify_expected_key_id="key-a")
+    venv = plugin_venv()
+    run = runner.run_playbook("teapot.kms.verify", _inventory(etcd_verify, python=bare / "bin" / "python",
+                                                              kms_plugin_venv_path=str(venv), **common))
+    assert run.returncode == 0, run.output[-3000:]
+    audit = run.task("Read how etcd stores every object")
+    assert audit["transport"] == "grpc" and audit["total"] == 2 and audit["unexpected"] == 0
+    assert run.task("Fail while an object is in plaintext or not as expected")["msg"] == "All 2 objects are stored as expected."
+
+    missing = runner.run_playbook("teapot.kms.verify", _inventory(etcd_verify, python=bare / "bin" / "python",
+                                                                  kms_plugin_venv_path=str(tmp_path / "no-venv"), **common))
+    assert missing.returncode != 0
+    message = missing.task("Read how etcd stores every object")["msg"]
+    assert "Failed to import the required Python library (protobuf)" in message and str(bare / "bin" / "python") in message
