@@ -10,15 +10,16 @@ rounds, times:
 
 - ``etcdctl``: ``etcdctl get --prefix /registry/secrets/`` with the same client
   certificate, output read to the end (the whole process: start, TLS, one range);
-- ``core``: the module's core as the module runs it: a fresh ``EtcdClient`` (TLS
-  setup included) and ``_encryption_audit.audit()`` over every page, classifying
-  each object, in this process;
-- ``grpc``: for comparison, the same pages read through etcd's gRPC API with
-  grpcio and classified by the same code (``bench/etcd_grpc_floor.py``): the
-  difference to ``core`` is the transport alone;
+- ``grpc`` and ``json``: the module's core as the module runs it with
+  ``transport: grpc`` and ``transport: json``: a fresh client (TLS set-up
+  included; ``_etcd_grpc.EtcdGrpcClient`` over etcd's gRPC API, or
+  ``_etcd.EtcdClient`` through its JSON gateway) and
+  ``_encryption_audit.audit()`` over every page, classifying each object, in
+  this process: the difference between the two is the transport alone;
 - ``ansible``: ``ansible-playbook`` running one task of the module on localhost
-  (the whole process: Ansible start-up, module transfer, the audit, the result);
-  its ``task`` figure is the task's own duration as the callback reports it.
+  with the default ``transport: auto`` (gRPC here: this Python has grpcio), the
+  whole process (Ansible start-up, module transfer, the audit, the result); its
+  ``task`` figure is the task's own duration as the callback reports it.
 
 Each is reported as wall time and as CPU seconds: the client's (this process's
 threads, or the waited-for child processes) and the etcd server's (from
@@ -63,8 +64,9 @@ from tests.harness.playbook import PlaybookRunner  # noqa: E402
 make_importable()
 
 from ansible_collections.teapot.kms.plugins.module_utils._encryption_audit import Expectation, audit  # noqa: E402
+from ansible_collections.teapot.kms.plugins.module_utils._etcd import client_from_params  # noqa: E402
+from ansible_collections.teapot.kms.plugins.module_utils._etcd_grpc import EtcdGrpcClient  # noqa: E402
 from ansible_collections.teapot.kms.plugins.module_utils._kms_storage import encode_kms_v2  # noqa: E402
-from bench.etcd_grpc_floor import grpc_audit  # noqa: E402
 
 PROVIDER = "teapot"
 KEY_ID = "barbican:5e7a0c1e-3f5b-4c4e-9a55-0b0c2d1e4f60"
@@ -147,23 +149,16 @@ def time_etcdctl(server):
     return elapsed, size
 
 
-def time_core(server, page_size, count):
+def time_core(server, page_size, count, transport):
+    """The module's core with ``transport`` (grpc or json), as secret_encryption_info.run() builds it."""
+    connection = dict(server.client_options(), timeout=30)
     started = time.perf_counter()
-    client = server.client()
+    client = client_from_params(connection, client_class=EtcdGrpcClient if transport == "grpc" else None)
     result = audit(client, ["secrets"], Expectation("kms-v2", PROVIDER, KEY_ID), page_size=page_size)
     client.close()
     elapsed = time.perf_counter() - started
     if result.total != count or result.unexpected:
-        raise RuntimeError(f"the audit read {result.total} objects, {result.unexpected} unexpected; expected {count}, 0")
-    return elapsed
-
-
-def time_grpc_floor(server, page_size, count):
-    started = time.perf_counter()
-    result = grpc_audit(server, "secrets", Expectation("kms-v2", PROVIDER, KEY_ID), page_size)
-    elapsed = time.perf_counter() - started
-    if result.total != count or result.unexpected:
-        raise RuntimeError(f"the gRPC audit read {result.total} objects, {result.unexpected} unexpected; expected {count}, 0")
+        raise RuntimeError(f"the {transport} audit read {result.total} objects, {result.unexpected} unexpected; expected {count}, 0")
     return elapsed
 
 
@@ -174,7 +169,7 @@ def time_ansible(server, runner, page_size, count):
     run = runner.run([task])
     elapsed = time.perf_counter() - started
     result = run.task("audit")
-    if result.get("total") != count or result.get("unexpected"):
+    if result.get("total") != count or result.get("unexpected") or result.get("transport") != "grpc":
         raise RuntimeError(f"the module failed or miscounted: {run.output[-2000:]}")
     return elapsed, _task_seconds(run.stdout)
 
@@ -207,14 +202,13 @@ def main():
             print(f"  {stored_bytes / 1e6:.1f} MB in {time.perf_counter() - started:.0f}s", flush=True)
             runner = PlaybookRunner(pathlib.Path(workdir) / "ansible")
             meter = CpuMeter(server)
-            figures = {name: {"wall": [], "client_cpu": [], "etcd_cpu": []} for name in ("etcdctl", "core", "grpc", "ansible")}
+            figures = {name: {"wall": [], "client_cpu": [], "etcd_cpu": []} for name in ("etcdctl", "grpc", "json", "ansible")}
             task_seconds = []
+            runs = [("etcdctl", time_etcdctl, (server,))] + [
+                (transport, time_core, (server, args.page_size, args.objects, transport)) for transport in ("grpc", "json")]
             # One untimed pass of each warms etcd's and the OS's caches alike.
-            time_etcdctl(server)
-            time_core(server, args.page_size, args.objects)
-            time_grpc_floor(server, args.page_size, args.objects)
-            runs = [("etcdctl", time_etcdctl, (server,)), ("core", time_core, (server, args.page_size, args.objects)),
-                    ("grpc", time_grpc_floor, (server, args.page_size, args.objects))]
+            for _name, function, function_args in runs:
+                function(*function_args)
             if not args.no_ansible:
                 runs.append(("ansible", time_ansible, (server, runner, args.page_size, args.objects)))
             for round_number in range(args.rounds):
@@ -241,9 +235,9 @@ def main():
     floor_cpu = floor["client_cpu"]["median"] + floor["etcd_cpu"]["median"]
     labels = {
         "etcdctl": f"`etcdctl get --prefix /registry/secrets/` ({dump_size / 1e6:.1f} MB of output), whole process",
-        "core": f"module core: EtcdClient + audit(), page_size {args.page_size}, in this process",
-        "grpc": "comparison: the same classification over etcd's gRPC API (grpcio; bench/etcd_grpc_floor.py)",
-        "ansible": "ansible-playbook running one module task, whole process",
+        "grpc": f"module core, transport grpc: EtcdGrpcClient + audit(), page_size {args.page_size}, in this process",
+        "json": f"module core, transport json: EtcdClient + audit(), page_size {args.page_size}, in this process",
+        "ansible": "ansible-playbook running one module task (transport auto: grpc), whole process",
     }
     lines = [
         f"{args.objects} KMS v2 Secrets ({stored_bytes / 1e6:.1f} MB stored), etcd {_etcd_version()} over TLS, "
