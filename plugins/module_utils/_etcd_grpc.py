@@ -232,4 +232,3 @@ class EtcdGrpcClient:
             except self._grpc.RpcError:
                 # The same request again, through every endpoint in turn, for the message when all fail.
                 answer = self._call(request)
-
