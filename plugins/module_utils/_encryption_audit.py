@@ -5,8 +5,9 @@
 """Classify every stored object of some resources by provider and key_id, page by page.  Private to this collection: no stable API.
 
 The core of teapot.kms.secret_encryption_info: it reads values from etcd
-through ``_etcd.EtcdClient`` and parses them with ``_kms_storage``; it never
-decrypts and never keeps or returns an object's content.
+through ``_etcd_grpc.EtcdGrpcClient`` or ``_etcd.EtcdClient`` and parses them
+with ``_kms_storage``; it never decrypts and never keeps or returns an
+object's content.
 """
 
 import base64
@@ -130,7 +131,7 @@ def _describe(key, resource, namespace, name, stored, reason):
 def audit(client, resources, expectation, list_all=False, page_size=1000, etcd_prefix=DEFAULT_ETCD_PREFIX):
     """Read every object of ``resources`` at one etcd revision and classify it; return an AuditResult.
 
-    ``client`` is an ``_etcd.EtcdClient``; ``resources`` Kubernetes resource
+    ``client`` is an ``_etcd.EtcdClient`` or ``_etcd_grpc.EtcdGrpcClient``; ``resources`` Kubernetes resource
     names (ValueError for one that is not); only one page of values is held
     in memory at a time.
     """

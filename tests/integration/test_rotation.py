@@ -228,6 +228,8 @@ def test_rotation_with_proof_interrupted_and_resumed(nodes, keystone, barbican, 
     # The rest: the audit proves zero under A, then A leaves every keyring.
     last = rotate()
     assert last.returncode == 0, last.output[-4000:]
+    # With the KMS plugin's Python, which the nodes have (kms_plugin_venv_path): over etcd's gRPC API.
+    assert last.task("Phase 5, audit etcd until no object references the old key_id")["transport"] == "grpc"
     for node in nodes:
         status = node.status()
         assert status["key_id"] == new_key_id and status["pid"] == pids[node.name] and status["all_keys_loaded"] is True
