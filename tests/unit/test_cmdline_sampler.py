@@ -39,11 +39,12 @@ def test_a_url_encoded_secret_and_one_in_a_long_lived_environment_are_found():
         {"source": "cmdline", "argv": ["mysql", "mysql+pymysql://barbican:db%20pass%2Fword%2B1@db/barbican"]},
         {"source": "environ", "argv": ["/opt/venv/bin/uwsgi", "--ini", "x"], "env": ["PIN=20261122", "HOME=/"]},
     ]}
-    findings, _ = check.find_leaks(SECRETS, records)
+    findings, too_short = check.find_leaks(SECRETS, records)
     assert [(f["secret"], f["source"], f["argv0"]) for f in findings] == [
         ("barbican_database_password", "cmdline", "mysql"),
         ("barbican_pkcs11_pin", "environ", "uwsgi"),
     ]
+    assert too_short == []
 
 
 def test_clean_command_lines_pass_and_short_secrets_are_reported_not_trusted():
@@ -56,8 +57,9 @@ def test_clean_command_lines_pass_and_short_secrets_are_reported_not_trusted():
 def test_a_keystone_fernet_token_is_a_finding_whoever_issued_it():
     token = "gAAAAABn" + "x1_-Yz" * 30
     records = {"h": [{"source": "cmdline", "argv": ["curl", "-H", "X-Auth-Token: " + token, "http://k:5000/v3"]}]}
-    findings, _ = check.find_leaks({}, records)
+    findings, too_short = check.find_leaks({}, records)
     assert findings == [{"secret": check.FERNET_TOKEN_NAME, "host": "h", "source": "cmdline", "argv0": "curl"}]
+    assert too_short == []
 
 
 def test_module_runs_count_the_ansible_module_shells():

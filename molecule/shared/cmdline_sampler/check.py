@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Test fixture: find secrets in the command lines the sampler recorded.
 
 Reads on stdin a JSON object {"secrets": {NAME: VALUE}, "samples": {HOST:

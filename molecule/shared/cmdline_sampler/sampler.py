@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Test fixture: record every distinct command line seen on this host.
 
 Reads /proc/*/cmdline every INTERVAL seconds and appends each command line
