@@ -166,6 +166,22 @@ def reach_failure(failures):
     return EtcdError("cannot reach etcd at any endpoint: " + "; ".join(failures))
 
 
+def first_answer(endpoints, preferred, attempt, transient, describe):
+    """``(index, attempt(endpoint))`` of the first of ``endpoints`` that answers, asked in turn from ``preferred`` on.
+
+    An exception of type ``transient`` moves on to the next endpoint, noted as
+    ``describe(endpoint, exception)``; EtcdError (``reach_failure``) when none answers.
+    """
+    failures = []
+    for offset in range(len(endpoints)):
+        index = (preferred + offset) % len(endpoints)
+        try:
+            return index, attempt(endpoints[index])
+        except transient as exc:
+            failures.append(describe(endpoints[index], exc))
+    raise reach_failure(failures)
+
+
 def request_refused(url, code, message):
     """The EtcdError for a request etcd answered with an error (``code``: its gRPC status code)."""
     if code == _PERMISSION_DENIED:
@@ -326,19 +342,10 @@ class EtcdClient:
 
     def _call(self, path, request):
         """POST ``request`` to every endpoint in turn until one answers; raise EtcdError when none does."""
-        failures = []
-        count = len(self.endpoints)
-        for offset in range(count):
-            index = (self._preferred + offset) % count
-            endpoint = self.endpoints[index]
-            try:
-                answer = self._call_endpoint(endpoint, path, request)
-            except _TransportFailure as failure:
-                failures.append(self._transport_error(endpoint, failure))
-                continue
-            self._preferred = index
-            return answer
-        raise reach_failure(failures)
+        self._preferred, answer = first_answer(self.endpoints, self._preferred,
+                                               lambda endpoint: self._call_endpoint(endpoint, path, request),
+                                               _TransportFailure, self._transport_error)
+        return answer
 
     # -- key-value API -----------------------------------------------------
 

@@ -27,10 +27,10 @@ from ansible_collections.teapot.kms.plugins.module_utils._etcd import (
     EtcdError,
     client_certificate_refusal,
     connection_refused,
+    first_answer,
     no_answer,
     parse_endpoints,
     prefix_range_end,
-    reach_failure,
     request_refused,
     tls_context,
     unreachable,
@@ -149,13 +149,13 @@ class EtcdGrpcClient:
             channel.close()
 
     def _failure(self, endpoint, error):
-        """What to tell the user about ``error`` (a grpc.RpcError) from ``endpoint``; None when etcd itself answered it."""
+        """What to tell the user about ``error`` (a grpc.RpcError) from ``endpoint``; raises EtcdError when etcd itself answered it."""
         code = error.code()
         details = error.details() or ""
         if code == self._grpc.StatusCode.DEADLINE_EXCEEDED:
             return no_answer(endpoint.url, self.timeout)
         if code != self._grpc.StatusCode.UNAVAILABLE:
-            return None
+            raise request_refused(endpoint.url, code.value[0], details or "no message") from None
         match = _LAST_ERROR.search(details)
         detail = match.group("detail") if match else details
         url = endpoint.url
@@ -179,22 +179,10 @@ class EtcdGrpcClient:
 
     def _call(self, request):
         """``request`` answered by the first endpoint that answers; EtcdError when none does."""
-        failures = []
-        count = len(self.endpoints)
-        for offset in range(count):
-            index = (self._preferred + offset) % count
-            endpoint = self.endpoints[index]
-            try:
-                answer = self._range_call(endpoint)(request, timeout=self.timeout)
-            except self._grpc.RpcError as error:
-                failure = self._failure(endpoint, error)
-                if failure is None:
-                    raise request_refused(endpoint.url, error.code().value[0], error.details() or "no message") from None
-                failures.append(failure)
-                continue
-            self._preferred = index
-            return answer
-        raise reach_failure(failures)
+        self._preferred, answer = first_answer(self.endpoints, self._preferred,
+                                               lambda endpoint: self._range_call(endpoint)(request, timeout=self.timeout),
+                                               self._grpc.RpcError, self._failure)
+        return answer
 
     def revision(self):
         """The store's current revision."""
