@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 import yaml
+from daemon_testing import FakeClock
 
 from teapot_kms_plugin import cli
 from teapot_kms_plugin import config
@@ -226,6 +227,18 @@ def test_reload_with_a_short_key_keeps_the_running_keyring():
     with pytest.raises(keyring.KeyUnavailable, match="field kek-2 holds 16 bytes"):
         cache.replace(_refs("kek-2", "kek-1"), short)
     assert cache.primary_ref.field == "kek-1" and cache.fetcher is good and cache.status().healthy
+
+
+def test_stale_key_names_the_secret_as_its_source():
+    clock = FakeClock()
+    fetch = SecretData(**{"kek-1": os.urandom(32)})
+    cache = keyring.KeyCache(_refs("kek-1"), fetch, refresh_interval=10, max_stale=100, clock=clock)
+    assert cache.refresh() == {}
+    clock.now += 101
+    status = cache.status()
+    assert not status.healthy
+    assert status.healthz.startswith("key k8s-secret:tenant-a/tenant-a-kek/kek-1 is stale: the Kubernetes Secret last "
+                                     "confirmed it 101s ago, more than max_stale 100s")
 
 
 def test_changed_material_under_a_field_is_refused_by_the_pins(tmp_path):
