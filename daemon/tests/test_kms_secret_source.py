@@ -276,6 +276,16 @@ def test_fetcher_names_an_unusable_kubeconfig(tmp_path):
     assert info.value.reason == "config"
 
 
+def test_fetcher_names_an_unreadable_kubeconfig(tmp_path):
+    # Replaced by a directory after the configuration was read: the read fails.
+    path = tmp_path / "kubeconfig.d"
+    path.mkdir()
+    fetch = kubesecret.KubernetesSecretFetcher(config.KubernetesSecretConfig(str(path), "tenant-a", "tenant-a-kek"))
+    with pytest.raises(keyring.FetchError) as info:
+        fetch(_refs("kek-1")[0])
+    assert f"kubernetes_secret.kubeconfig: cannot read {path}" in str(info.value) and info.value.reason == "config"
+
+
 def test_inspect_names_the_source(tmp_path, valid, kubeconfig, capsys):
     path = tmp_path / "kms.yaml"
     path.write_text(yaml.safe_dump(valid))

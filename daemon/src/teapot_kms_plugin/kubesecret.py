@@ -84,17 +84,20 @@ class KubernetesSecretFetcher:
         self._lock = threading.Lock()
         self._api = None
 
-
     def _client(self):
-        """A CoreV1Api for the kubeconfig, built once (and again after a connection failure)."""
+        """A CoreV1Api for the kubeconfig, built once (and again after a failure: the file may have new credentials)."""
         with self._lock:
             if self._api is None:
                 # Imported here: the kubernetes client is an optional dependency of the plugin.
                 from kubernetes import client, config  # pylint: disable=import-outside-toplevel
 
                 configuration = client.Configuration()
-                config.load_kube_config(config_file=self._cfg.kubeconfig, context=self._cfg.context,
-                                        client_configuration=configuration, persist_config=False)
+                try:
+                    config.load_kube_config(config_file=self._cfg.kubeconfig, context=self._cfg.context,
+                                            client_configuration=configuration, persist_config=False)
+                except OSError as exc:
+                    raise FetchError(f"kubernetes_secret.kubeconfig: cannot read {self._cfg.kubeconfig}: "
+                                     f"{exc.strerror or type(exc).__name__}", "config") from None
                 if not configuration.host.startswith("https://"):
                     raise FetchError(f"kubernetes_secret.kubeconfig: the server {configuration.host} is not an https URL: "
                                      "the keys would cross the network in clear", "config")
@@ -122,7 +125,8 @@ class KubernetesSecretFetcher:
             raise
         except Exception as exc:  # pylint: disable=broad-exception-caught
             message, reason = _describe(exc, where)
-            if reason in ("unreachable", "config", "error"):
+            # A rejected token: the kubeconfig is read again next time, in case its credentials were renewed.
+            if reason in ("unreachable", "config", "error", "unauthorized"):
                 self._reset()
             raise FetchError(f"reading {where} through {self._cfg.kubeconfig} failed: {message}", reason) from None
         return secret.data or {}
