@@ -209,7 +209,8 @@ def test_short_key_is_refused_by_the_keyring_and_start_is_unhealthy():
     fetch = SecretData(**{"kek-1": os.urandom(16)})
     cache = keyring.KeyCache(_refs("kek-1"), fetch, refresh_interval=300, max_stale=3600)
     errors = cache.refresh()
-    (error,) = errors.values()
+    assert list(errors) == ["k8s-secret:tenant-a/tenant-a-kek/kek-1"]
+    error = errors["k8s-secret:tenant-a/tenant-a-kek/kek-1"]
     assert "Secret tenant-a/tenant-a-kek field kek-1 holds 16 bytes" in error
     status = cache.status()
     assert not status.healthy and "Secret tenant-a/tenant-a-kek field kek-1 holds 16 bytes" in status.healthz
