@@ -1,9 +1,9 @@
-"""The keyring: Barbican secrets in order (the first is primary) and their cache.
+"""The keyring: Barbican secrets (or data fields of one Kubernetes Secret) in order, the first is primary, and their cache.
 
 Key bytes are fetched at start and refreshed by a background thread before
-they age out, so Encrypt, Decrypt and Status never wait on Barbican while the
-cache is fresh.  A key not confirmed by Barbican for longer than ``max_stale``
-seconds is dropped from memory and no longer used.
+they age out, so Encrypt, Decrypt and Status never wait on Barbican (or the
+API server) while the cache is fresh.  A key not confirmed by its source for
+longer than ``max_stale`` seconds is dropped from memory and no longer used.
 """
 
 import dataclasses
