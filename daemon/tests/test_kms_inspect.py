@@ -42,8 +42,9 @@ def test_inspect_reports_effective_settings_without_secrets(tmp_path, capsys):
     assert report["config"] == str(path)
     assert report["socket"] == "/run/teapot-kms/kms.sock"
     assert report["keys"] == [
-        {"key_id": f"barbican:{PRIMARY}", "secret": PRIMARY, "role": "primary"},
-        {"key_id": "barbican:1a2b3c4d-0000-4000-8000-000000000001", "secret": OLDER_HREF, "role": "decrypt-only"},
+        {"key_id": f"barbican:{PRIMARY}", "secret": PRIMARY, "role": "primary", "source": "barbican"},
+        {"key_id": "barbican:1a2b3c4d-0000-4000-8000-000000000001", "secret": OLDER_HREF, "role": "decrypt-only",
+         "source": "barbican"},
     ]
     # Defaults filled in, as the daemon applies them.
     assert report["metrics"] == {"listen": "127.0.0.1:9464", "url": "http://127.0.0.1:9464/metrics", "names": metrics.NAMES}

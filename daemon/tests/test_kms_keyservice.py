@@ -193,7 +193,7 @@ def test_states_report_every_key(fetcher):
     cache.refresh()
     clock.now += 7
     loaded, missing = cache.states()
-    assert loaded == (primary.key_id, "primary", True, 7.0, "none", False)
+    assert loaded == (primary.key_id, "primary", True, 7.0, "none", False, "barbican")
     assert missing.key_id == older.key_id and missing.role == "decrypt-only" and not missing.loaded
     assert missing.age_seconds is None and "no secret" in missing.last_error
     # Status stays tied to the primary alone (see docs/kms-plugin.md, "Health").

@@ -100,10 +100,13 @@ status:
           description: Whether its material is in memory and not older than C(max_stale).
           type: bool
         age_seconds:
-          description: Seconds since Barbican last confirmed its material; V(null) when never fetched.
+          description: Seconds since its source last confirmed its material; V(null) when never fetched.
           type: float
         last_error:
           description: Why the last fetch failed, or C(none).
+          type: str
+        source:
+          description: Where its material is read, C(barbican) or C(kubernetes_secret) (a data field of a Kubernetes Secret).
           type: str
     reload:
       description: The outcome of the last reload (SIGHUP); V(null) when none happened since the start.
@@ -155,10 +158,15 @@ configured_keys:
       description: The key_id.
       type: str
     secret:
-      description: The Barbican secret, as written in the configuration (UUID or href).
+      description:
+        - The Barbican secret, as written in the configuration (UUID or href).
+        - For a key read from a Kubernetes Secret, C(<namespace>/<name>/<field>).
       type: str
     role:
       description: C(primary) or C(decrypt-only).
+      type: str
+    source:
+      description: Where the key's material is read, C(barbican) or C(kubernetes_secret).
       type: str
 loaded_key_ids:
   description: The key_ids whose material the plugin holds, from its metrics; V(null) when the metrics cannot be read.

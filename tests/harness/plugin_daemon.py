@@ -35,9 +35,11 @@ def source_hash():
     return digest.hexdigest()[:12]
 
 
-def plugin_venv():
-    """Build (once per source hash) and return the venv with ``teapot-kms-plugin`` installed offline."""
-    key = source_hash()
+def plugin_venv(extras=()):
+    """Build (once per source hash and extras) and return the venv with ``teapot-kms-plugin[extras]`` installed offline."""
+    extras = sorted(extras)
+    key = source_hash() + "".join(f"-{extra}" for extra in extras)
+    with_extras = f"[{','.join(extras)}]" if extras else ""
     venv = cache_dir("venvs") / f"kms-plugin-{key}"
     if (venv / _MARKER).exists():
         return venv
@@ -48,9 +50,10 @@ def plugin_venv():
         if venv.exists():
             shutil.rmtree(venv)
         with open(f"{venv}.build.log", "w", encoding="utf-8") as log:
-            run([sys.executable, "-m", "pip", "wheel", "--quiet", str(SOURCE), "-w", wheels], log)
+            run([sys.executable, "-m", "pip", "wheel", "--quiet", f"{SOURCE}{with_extras}", "-w", wheels], log)
             run([sys.executable, "-m", "venv", venv], log)
-            run([venv / "bin" / "pip", "install", "--quiet", "--no-index", "--find-links", wheels, "teapot-kms-plugin"], log)
+            run([venv / "bin" / "pip", "install", "--quiet", "--no-index", "--find-links", wheels,
+                 f"teapot-kms-plugin{with_extras}"], log)
         (venv / _MARKER).write_text(key + "\n", encoding="utf-8")
     return venv
 

@@ -47,8 +47,8 @@ def test_healthy_unhealthy_and_stopped(runner, keystone, barbican, tmp_path):
             (primary_id, "primary", True, "none"), (old_id, "decrypt-only", True, "none")]
         assert info["socket"] == plugin.socket
         assert info["configured_key_ids"] == [primary_id, old_id]
-        assert info["configured_keys"] == [{"key_id": primary_id, "secret": primary, "role": "primary"},
-                                           {"key_id": old_id, "secret": old, "role": "decrypt-only"}]
+        assert info["configured_keys"] == [{"key_id": primary_id, "secret": primary, "role": "primary", "source": "barbican"},
+                                           {"key_id": old_id, "secret": old, "role": "decrypt-only", "source": "barbican"}]
         assert info["loaded_key_ids"] == sorted([primary_id, old_id])
         assert info["service"] is None
         assert keystone.plugin_user.password not in run.output

@@ -1,6 +1,7 @@
 """``teapot-kms-plugin serve|inspect --config PATH`` and ``teapot-kms-plugin status --socket PATH``."""
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -15,6 +16,7 @@ from . import pins
 from . import transport
 from .client import KmsClient
 from .daemon import Daemon, cache_keyring
+from .keyring import SecretFieldRef
 
 LOG = logging.getLogger("teapot_kms_plugin")
 
@@ -67,10 +69,27 @@ def _listen_text(listen):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def inspection(path, cfg):
-    """What ``inspect`` prints: the effective settings without secrets, and what tools need to find the plugin."""
+def _source_settings(cfg):
+    """The settings of the configured source of keys, without secrets: ``{"barbican": ...}`` or ``{"kubernetes_secret": ...}``."""
+    if cfg.kubernetes_secret is not None:
+        return {"kubernetes_secret": dataclasses.asdict(cfg.kubernetes_secret)}
     barbican = cfg.barbican
     auth = {name: value for name, value in sorted(barbican.auth.items()) if name not in config_module.SECRET_AUTH_FIELDS}
+    return {"barbican": {
+        "cloud": barbican.cloud,
+        "clouds_file": barbican.clouds_file,
+        "auth_type": barbican.auth_type,
+        "auth": auth,
+        "region_name": barbican.region_name,
+        "interface": barbican.interface,
+        "cacert": barbican.cacert,
+        "endpoint_override": barbican.endpoint_override,
+        "timeout": barbican.timeout,
+    }}
+
+
+def inspection(path, cfg):
+    """What ``inspect`` prints: the effective settings without secrets, and what tools need to find the plugin."""
     listen = _listen_text(cfg.metrics_listen)
     restart_only = {field: getattr(cfg, field) for field in config_module.RESTART_ONLY}
     restart_only["metrics_listen"] = listen
@@ -79,24 +98,14 @@ def inspection(path, cfg):
         "socket": cfg.socket,
         "metrics": None if cfg.metrics_listen is None else {
             "listen": listen, "url": metrics.scrape_url(*cfg.metrics_listen), "names": metrics.NAMES},
-        "keys": [{"key_id": ref.key_id, "secret": ref.ref, "role": "primary" if index == 0 else "decrypt-only"}
-                 for index, ref in enumerate(cfg.keys)],
+        "keys": [{"key_id": ref.key_id, "secret": ref.ref, "role": "primary" if index == 0 else "decrypt-only",
+                  "source": ref.source} for index, ref in enumerate(cfg.keys)],
         "restart_only": restart_only,
         "settings": {
             "socket": cfg.socket,
             "socket_group": cfg.socket_group,
-            "barbican": {
-                "cloud": barbican.cloud,
-                "clouds_file": barbican.clouds_file,
-                "auth_type": barbican.auth_type,
-                "auth": auth,
-                "region_name": barbican.region_name,
-                "interface": barbican.interface,
-                "cacert": barbican.cacert,
-                "endpoint_override": barbican.endpoint_override,
-                "timeout": barbican.timeout,
-            },
-            "keys": [ref.ref for ref in cfg.keys],
+            **_source_settings(cfg),
+            "keys": [ref.field if isinstance(ref, SecretFieldRef) else ref.ref for ref in cfg.keys],
             "cache": {"refresh_interval": cfg.refresh_interval, "max_stale": cfg.max_stale,
                       "retry_interval": cfg.retry_interval},
             "metrics": {"listen": listen},

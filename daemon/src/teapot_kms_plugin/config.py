@@ -1,13 +1,15 @@
 """The plugin's YAML configuration, validated at start with one-line errors."""
 
 import dataclasses
+import importlib.util
 import ipaddress
 import os
 import pathlib
+import re
 
 import yaml
 
-from .keyring import KeyRef
+from .keyring import KeyRef, SecretFieldRef
 
 AUTH_TYPES = ("password", "v3applicationcredential")
 INTERFACES = ("public", "internal", "admin")
@@ -46,6 +48,17 @@ class BarbicanConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class KubernetesSecretConfig:
+    """The keys are data fields of one Secret, read through a kubeconfig (``kubernetes_secret:``)."""
+
+    kubeconfig: str
+    namespace: str
+    name: str
+    context: str = None
+    timeout: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     socket: str
     barbican: BarbicanConfig
@@ -59,6 +72,8 @@ class Config:
     shutdown_grace: float = 10.0
     workers: int = 8
     state_dir: str = DEFAULT_STATE_DIR
+    # Set instead of barbican (then None) when the keys come from a Kubernetes Secret.
+    kubernetes_secret: KubernetesSecretConfig = None
 
 
 def _mapping(value, field):
@@ -205,6 +220,68 @@ def _keys(raw):
     return tuple(refs)
 
 
+# Kubernetes' own rules: a namespace is a DNS label, a Secret's name a DNS subdomain, a data key [-._a-zA-Z0-9]+.
+_K8S_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_K8S_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_K8S_DATA_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+KUBERNETES_SECRET_FIELDS = ("kubeconfig", "context", "namespace", "name", "timeout")
+
+
+def _kubernetes_secret(raw):
+    raw = _mapping(raw, "kubernetes_secret")
+    _unknown(raw, KUBERNETES_SECRET_FIELDS, "kubernetes_secret")
+    kubeconfig = _string(raw.get("kubeconfig"), "kubernetes_secret.kubeconfig", required=True)
+    if not os.path.isabs(kubeconfig):
+        raise ConfigError(f"kubernetes_secret.kubeconfig: {kubeconfig!r} is not an absolute path")
+    if not os.path.isfile(kubeconfig):
+        raise ConfigError(f"kubernetes_secret.kubeconfig: {kubeconfig} does not exist")
+    namespace = _string(raw.get("namespace"), "kubernetes_secret.namespace", required=True)
+    if not _K8S_LABEL.fullmatch(namespace):
+        raise ConfigError(f"kubernetes_secret.namespace: {namespace!r} is not a Kubernetes namespace name "
+                          "(lower-case letters, digits and '-', at most 63)")
+    name = _string(raw.get("name"), "kubernetes_secret.name", required=True)
+    if len(name) > 253 or not _K8S_SUBDOMAIN.fullmatch(name):
+        raise ConfigError(f"kubernetes_secret.name: {name!r} is not a Kubernetes Secret name "
+                          "(lower-case letters, digits, '-' and '.', at most 253)")
+    if importlib.util.find_spec("kubernetes") is None:
+        raise ConfigError("kubernetes_secret: the kubernetes client is not installed; "
+                          "install the plugin as teapot-kms-plugin[kubernetes]")
+    return KubernetesSecretConfig(
+        kubeconfig=kubeconfig,
+        namespace=namespace,
+        name=name,
+        context=_string(raw.get("context"), "kubernetes_secret.context"),
+        timeout=_seconds(raw.get("timeout"), "kubernetes_secret.timeout", 10),
+    )
+
+
+def _secret_fields(raw, section):
+    """The keys of a kubernetes_secret source: data fields of its Secret, the first is primary."""
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("keys: expected a non-empty list of data fields of the Secret "
+                          f"{section.namespace}/{section.name}, the first is primary")
+    refs = []
+    seen = {}
+    for index, item in enumerate(raw):
+        if not isinstance(item, str) or len(item) > 253 or not _K8S_DATA_KEY.fullmatch(item):
+            raise ConfigError(f"keys[{index}]: {item!r} is not a Secret data field name ([-._a-zA-Z0-9], at most 253)")
+        if item in seen:
+            raise ConfigError(f"keys[{index}]: field {item} is already keys[{seen[item]}]")
+        seen[item] = index
+        refs.append(SecretFieldRef.of(section.namespace, section.name, item))
+    return tuple(refs)
+
+
+def _source(data):
+    """``(barbican, kubernetes_secret, keys)``: the one source of the keyring's keys and its keys."""
+    if data.get("kubernetes_secret") is None:
+        return _barbican(data.get("barbican")), None, _keys(data.get("keys"))
+    if data.get("barbican") is not None:
+        raise ConfigError("kubernetes_secret: set either barbican or kubernetes_secret, not both (one source of keys)")
+    section = _kubernetes_secret(data.get("kubernetes_secret"))
+    return None, section, _secret_fields(data.get("keys"), section)
+
+
 def _listen(raw, allow_non_loopback):
     if raw is None:
         return DEFAULT_METRICS_LISTEN
@@ -230,7 +307,8 @@ def _listen(raw, allow_non_loopback):
 def parse(data):
     """Validate a parsed YAML document; return a :class:`Config`."""
     data = _mapping(data, "config")
-    _unknown(data, {"socket", "socket_group", "barbican", "keys", "cache", "metrics", "log_level", "grpc", "state_dir"}, "")
+    _unknown(data, {"socket", "socket_group", "barbican", "kubernetes_secret", "keys", "cache", "metrics", "log_level", "grpc",
+                    "state_dir"}, "")
     socket_path = _string(data.get("socket"), "socket", required=True)
     if not os.path.isabs(socket_path):
         raise ConfigError(f"socket: {socket_path!r} is not an absolute path")
@@ -259,11 +337,12 @@ def parse(data):
     group = data.get("socket_group")
     if group is not None and not isinstance(group, (str, int)):
         raise ConfigError("socket_group: expected a group name or id")
+    barbican, kubernetes_secret, keys = _source(data)
     return Config(
         socket=socket_path,
         socket_group=None if group is None else str(group),
-        barbican=_barbican(data.get("barbican")),
-        keys=_keys(data.get("keys")),
+        barbican=barbican,
+        keys=keys,
         refresh_interval=refresh,
         max_stale=max_stale,
         retry_interval=retry,
@@ -272,6 +351,7 @@ def parse(data):
         shutdown_grace=_seconds(grpc_options.get("shutdown_grace"), "grpc.shutdown_grace", 10),
         workers=workers,
         state_dir=state_dir,
+        kubernetes_secret=kubernetes_secret,
     )
 
 

@@ -13,12 +13,20 @@ from . import barbican
 from . import config as config_module
 from . import keyring
 from . import keyservice
+from . import kubesecret
 from . import logs
 from . import pins
 from . import transport
 from .metrics import Metrics
 
 LOG = logging.getLogger("teapot_kms_plugin")
+
+
+def fetcher_for(cfg):
+    """The fetcher of the configured source of keys: Barbican, or the data fields of a Kubernetes Secret."""
+    if cfg.kubernetes_secret is not None:
+        return kubesecret.KubernetesSecretFetcher(cfg.kubernetes_secret)
+    return barbican.BarbicanFetcher(cfg.barbican)
 
 
 def cache_keyring(cfg, fetch, metrics) -> keyring.Keyring:
@@ -71,7 +79,7 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
-        self.keys = self.make_keyring(cfg, barbican.BarbicanFetcher(cfg.barbican), self.metrics)
+        self.keys = self.make_keyring(cfg, fetcher_for(cfg), self.metrics)
         # Metrics first: a port clash fails the start before the apiserver ever sees a socket.
         if cfg.metrics_listen:
             host, port = cfg.metrics_listen
@@ -141,7 +149,7 @@ class Daemon:
         # The keyring adopts the new fetcher only with a complete new keyring: a refused
         # reload leaves the running credentials in place.
         try:
-            self.keys.replace(cfg.keys, barbican.BarbicanFetcher(cfg.barbican))
+            self.keys.replace(cfg.keys, fetcher_for(cfg))
         except keyring.KeyUnavailable as exc:
             self._reload_done("key_error", str(exc))
             LOG.error("reload refused, the running keyring stays: %s", exc)

@@ -1,9 +1,9 @@
-"""The keyring: Barbican secrets in order (the first is primary) and their cache.
+"""The keyring: Barbican secrets (or data fields of one Kubernetes Secret) in order, the first is primary, and their cache.
 
 Key bytes are fetched at start and refreshed by a background thread before
-they age out, so Encrypt, Decrypt and Status never wait on Barbican while the
-cache is fresh.  A key not confirmed by Barbican for longer than ``max_stale``
-seconds is dropped from memory and no longer used.
+they age out, so Encrypt, Decrypt and Status never wait on Barbican (or the
+API server) while the cache is fresh.  A key not confirmed by its source for
+longer than ``max_stale`` seconds is dropped from memory and no longer used.
 """
 
 import dataclasses
@@ -29,7 +29,11 @@ class KeyUnavailable(Exception):
 
 
 class UnknownKey(Exception):
-    """A key_id or key slot that is not in the keyring."""
+    """A key_id or key slot that is not in the keyring; ``known`` lists the keyring's key_ids."""
+
+    def __init__(self, message, known=""):
+        super().__init__(message)
+        self.known = known
 
 
 class FetchError(Exception):
@@ -98,10 +102,19 @@ class KeyRef:
     aad: bytes = dataclasses.field(init=False, compare=False, repr=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "key_id", wrapping.key_id_for(self.uuid))
+        key_id = self._key_id()
+        object.__setattr__(self, "key_id", key_id)
         object.__setattr__(self, "slot", self.uuid.bytes)
         object.__setattr__(self, "header", wrapping.header_for(self.uuid))
-        object.__setattr__(self, "aad", wrapping.aad_for(self.uuid))
+        object.__setattr__(self, "aad", wrapping.aad_for(self.uuid, key_id))
+
+    def _key_id(self):
+        return wrapping.key_id_for(self.uuid)
+
+    @property
+    def source(self):
+        """Where the key's material is read: ``barbican`` or ``kubernetes_secret``."""
+        return wrapping.source_of(self.key_id)
 
     @classmethod
     def parse(cls, text):
@@ -120,6 +133,29 @@ class KeyRef:
         except ValueError:
             raise ValueError(f"{text!r} is not a Barbican secret UUID or href") from None
         return cls(parsed, text)
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretFieldRef(KeyRef):
+    """One data field of a Kubernetes Secret in the keyring.
+
+    Its key_id is ``k8s-secret:<namespace>/<name>/<field>`` and its slot the
+    name-based UUID of that key_id: the Secret's namespace, name and field are
+    the key's identity, as a Barbican secret's UUID is.  ``ref`` reads
+    ``<namespace>/<name>/<field>`` in messages.
+    """
+
+    namespace: str = ""
+    name: str = ""
+    field: str = ""
+
+    @classmethod
+    def of(cls, namespace, name, field):
+        key_id = wrapping.secret_field_key_id(namespace, name, field)
+        return cls(wrapping.slot_uuid_for(key_id), f"{namespace}/{name}/{field}", namespace=namespace, name=name, field=field)
+
+    def _key_id(self):
+        return wrapping.secret_field_key_id(self.namespace, self.name, self.field)
 
 
 class LoadedKey(typing.NamedTuple):
@@ -145,8 +181,10 @@ class KeyState(typing.NamedTuple):
     loaded: bool
     age_seconds: typing.Optional[float]
     last_error: str
-    # Barbican's last answer was other material than the pinned one.
+    # The source's last answer was other material than the pinned one.
     pin_mismatch: bool = False
+    # Where the material is read: barbican or kubernetes_secret.
+    source: str = "barbican"
 
 
 Fetch = typing.Callable[[KeyRef], bytes]
@@ -255,7 +293,7 @@ class KeyCache(Keyring):
     def key(self, key_slot):
         entry = self._ring[1].get(key_slot)
         if entry is None:
-            raise UnknownKey(f"key_id {wrapping.key_id_for_slot(key_slot)} is not in the keyring ({self._known()})")
+            raise UnknownKey(f"key_id {wrapping.describe_slot(key_slot)} is not in the keyring ({self._known()})", self._known())
         return LoadedKey(entry.ref, self._usable(entry))
 
     def _known(self):
@@ -268,7 +306,8 @@ class KeyCache(Keyring):
             raise KeyUnavailable(f"key {entry.ref.key_id} is not loaded: {entry.error}")
         age = self._clock() - fetched_at
         if age > self.max_stale:
-            message = (f"key {entry.ref.key_id} is stale: Barbican last confirmed it {age:.0f}s ago, "
+            source = "Barbican" if entry.ref.source == "barbican" else "the Kubernetes Secret"
+            message = (f"key {entry.ref.key_id} is stale: {source} last confirmed it {age:.0f}s ago, "
                        f"more than max_stale {self.max_stale:.0f}s; last error: {entry.error}")
             with self._lock:
                 # Drop only the material judged stale: a refresh may have just replaced it.
@@ -305,7 +344,8 @@ class KeyCache(Keyring):
             except KeyUnavailable:
                 loaded = False
             states.append(KeyState(ref.key_id, "primary" if index == 0 else "decrypt-only", loaded,
-                                   None if fetched_at is None else now - fetched_at, entry.error, entry.pin_mismatch))
+                                   None if fetched_at is None else now - fetched_at, entry.error, entry.pin_mismatch,
+                                   ref.source))
         return states
 
     # -- fetching ------------------------------------------------------------

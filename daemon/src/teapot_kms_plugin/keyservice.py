@@ -81,10 +81,11 @@ class KeyService:
         try:
             ref, aead = self.keys.key(key_slot)
         except keyring.UnknownKey as exc:
-            _check_key_id(key_id, wrapping.key_id_for_slot(key_slot))
-            raise KmsError(NOT_FOUND, str(exc)) from None
+            _check_slot(key_id, key_slot)
+            # The key_id names the slot: it is the unknown key's own (whatever its source).
+            raise KmsError(NOT_FOUND, f"key_id {key_id} is not in the keyring ({exc.known})" if exc.known else str(exc)) from None
         except keyring.KeyUnavailable as exc:
-            _check_key_id(key_id, wrapping.key_id_for_slot(key_slot))
+            _check_slot(key_id, key_slot)
             raise KmsError(UNAVAILABLE, str(exc)) from None
         if key_id != ref.key_id:
             _check_key_id(key_id, ref.key_id)
@@ -92,6 +93,12 @@ class KeyService:
             return wrapping.open_sealed(aead, ref.aad, ciphertext)
         except wrapping.FormatError as exc:
             raise KmsError(INVALID_ARGUMENT, str(exc)) from None
+
+
+def _check_slot(key_id, key_slot):
+    if not wrapping.names_slot(key_id, key_slot):
+        raise KmsError(INVALID_ARGUMENT, f"key_id {_shorten(key_id)} does not match the key that made this ciphertext "
+                                         f"({wrapping.describe_slot(key_slot)})")
 
 
 def _check_key_id(key_id, expected):

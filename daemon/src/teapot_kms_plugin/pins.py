@@ -19,6 +19,8 @@ import threading
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac
 
+from . import wrapping
+
 LOG = logging.getLogger(__name__)
 
 PINS_FILE = "key-pins.json"
@@ -73,9 +75,11 @@ class KeyPins:
                 self._write()
                 return
         if pinned != value:
+            source, original = (("Barbican", "the original secret in Barbican") if wrapping.source_of(key_id) == "barbican"
+                                else ("The Kubernetes Secret", "the field's original value in the Secret"))
             raise PinMismatch(
-                f"Barbican returned different key material for {key_id} than the material pinned at its first load "
-                f"(check value {value}, pinned {pinned}): refusing it. Restore the original secret in Barbican; only if "
+                f"{source} returned different key material for {key_id} than the material pinned at its first load "
+                f"(check value {value}, pinned {pinned}): refusing it. Restore {original}; only if "
                 f"the change is intended and no data depends on the old material, remove {key_id} from {self.path}")
 
     def _write(self):

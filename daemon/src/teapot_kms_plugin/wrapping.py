@@ -5,7 +5,9 @@
     offset  size  field
     0       2     magic, the bytes "tk"
     2       1     format version, 1
-    3       16    key slot: the Barbican secret UUID (RFC 4122 bytes)
+    3       16    key slot: the Barbican secret UUID (RFC 4122 bytes), or for a
+                  key read from a Kubernetes Secret the name-based (version 5)
+                  UUID of its key_id
     19      12    nonce, random for every Encrypt
     31      n+16  AES-256-GCM ciphertext of the n plaintext bytes, then the tag
 
@@ -41,6 +43,11 @@ MAX_PLAINTEXT = MAX_CIPHERTEXT - OVERHEAD
 FORMAT_ANNOTATION = "format.kms.teapot.dev"
 FORMAT_VALUE = str(FORMAT_VERSION).encode()
 KEY_ID_PREFIX = "barbican:"
+# Keys read from a data field of a Kubernetes Secret: ``k8s-secret:<namespace>/<name>/<field>``.
+SECRET_KEY_ID_PREFIX = "k8s-secret:"
+# The namespace of the name-based UUIDs that give those keys their slot.  Barbican names its
+# secrets with random (version 4) UUIDs: a version 5 slot never equals one.
+_SECRET_SLOT_NAMESPACE = uuid.UUID("5b0f6a8e-3c1d-5e2f-9a47-7d6c1e0b2a93")
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _FQDN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})+")
@@ -60,14 +67,44 @@ def key_id_for_slot(slot):
     return key_id_for(uuid.UUID(bytes=bytes(slot)))
 
 
+def secret_field_key_id(namespace, name, field):
+    """The key_id reported for the key in data field ``field`` of the Kubernetes Secret ``namespace/name``."""
+    return f"{SECRET_KEY_ID_PREFIX}{namespace}/{name}/{field}"
+
+
+def slot_uuid_for(key_id):
+    """The UUID whose bytes are the key slot of a Secret-sourced ``key_id`` (name-based, version 5)."""
+    return uuid.uuid5(_SECRET_SLOT_NAMESPACE, key_id)
+
+
+def names_slot(key_id, slot):
+    """Whether ``key_id`` is the key_id of the key whose slot is ``slot``, whatever its source."""
+    if key_id.startswith(SECRET_KEY_ID_PREFIX):
+        return slot_uuid_for(key_id).bytes == bytes(slot)
+    return key_id == key_id_for_slot(slot)
+
+
+def describe_slot(slot):
+    """How messages name the key of an unknown ``slot``: its key_id when the slot tells it (Barbican)."""
+    slot_uuid = uuid.UUID(bytes=bytes(slot))
+    if slot_uuid.version == 5:
+        return f"a {SECRET_KEY_ID_PREFIX} key with key slot {slot_uuid}"
+    return key_id_for(slot_uuid)
+
+
+def source_of(key_id):
+    """The source a key_id names: ``kubernetes_secret`` or ``barbican``."""
+    return "kubernetes_secret" if key_id.startswith(SECRET_KEY_ID_PREFIX) else "barbican"
+
+
 def header_for(secret_uuid):
     """Bytes 0-18 of every ciphertext made with this secret."""
     return PREFIX + secret_uuid.bytes
 
 
-def aad_for(secret_uuid):
-    """The associated data: the header, then the key_id in UTF-8."""
-    return header_for(secret_uuid) + key_id_for(secret_uuid).encode()
+def aad_for(secret_uuid, key_id=None):
+    """The associated data: the header, then the key_id (the Barbican one of ``secret_uuid`` unless given) in UTF-8."""
+    return header_for(secret_uuid) + (key_id or key_id_for(secret_uuid)).encode()
 
 
 def annotations():
