@@ -6,11 +6,13 @@
 
 import base64
 import datetime
+import ipaddress
 import time
 import traceback
 import uuid
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.six.moves.urllib.parse import urlsplit
 
 try:
     from barbicanclient import client as barbican_client
@@ -70,7 +72,29 @@ def auth_argument_spec():
         client_key=dict(type="path", no_log=False, aliases=["key"]),
         api_timeout=dict(type="int"),
         endpoint_override=dict(type="str"),
+        allow_insecure_http=dict(type="bool", default=False),
     )
+
+
+def _is_loopback_host(host):
+    if not host:
+        return False
+    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def insecure_http_refusal(url, what):
+    """Why ``url`` may not be used without allow_insecure_http, or None when it may."""
+    parsed = urlsplit(url or "")
+    if parsed.scheme.lower() != "http" or _is_loopback_host(parsed.hostname):
+        return None
+    return (f"{what} {url!r} is plain http to {parsed.hostname}: tokens, passwords and key payloads would cross "
+            "the network in clear. Use the https:// URL (ca_cert for a private CA, such as the collection's "
+            "tls_ca_dir/ca.crt), or set allow_insecure_http: true to accept plain http")
 
 
 def secret_uuid(href):
@@ -192,6 +216,15 @@ class BarbicanModule:
                 raise BarbicanError(f"the auth options are incomplete: missing {names}") from None
             except ks_exceptions.ClientException as exc:
                 raise BarbicanError(f"cannot use the auth options: {type(exc).__name__}: {exc}") from None
+            if not self.params["allow_insecure_http"]:
+                config = self._cloud_region.config
+                for url, what in ((config.get("auth", {}).get("auth_url"), "auth.auth_url"),
+                                  (self.params["endpoint_override"] or config.get("key_manager_endpoint_override"),
+                                   "endpoint_override")):
+                    refusal = insecure_http_refusal(url, what)
+                    if refusal:
+                        self._cloud_region = None
+                        raise BarbicanError(refusal)
         return self._cloud_region
 
     @property
