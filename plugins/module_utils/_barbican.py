@@ -262,7 +262,8 @@ class BarbicanModule:
             auth.pop(name, None)
         try:
             plugin = ks_loading.get_plugin_loader("v3password").load_from_options(**auth)
-            unscoped = ks_session.Session(auth=plugin, verify=region.config.get("verify", True))
+            verify, cert = region.get_requests_verify_args()
+            unscoped = ks_session.Session(auth=plugin, verify=verify, cert=cert)
             unscoped.get_token()
         except Exception:  # pylint: disable=broad-exception-caught
             return None
@@ -283,6 +284,9 @@ class BarbicanModule:
             return (f"{action} failed: the Keystone catalog has no key-manager endpoint for region "
                     f"{self.params['region_name'] or '(any)'} and interface {self.params['interface']}: "
                     "set region_name/interface or endpoint_override")
+        if isinstance(exc, ks_exceptions.SSLError):
+            return (f"{action} failed: the TLS handshake failed, most likely on a certificate that is not trusted: "
+                    f"set ca_cert to the CA that signed the service's certificate: {exc}")
         if isinstance(exc, (ks_exceptions.ConnectFailure, ks_exceptions.ConnectTimeout, ks_exceptions.DiscoveryFailure)):
             return f"{action} failed: cannot reach the service: {exc}"
         if isinstance(exc, barbican_exceptions.SecretHasConsumers):

@@ -52,6 +52,9 @@ def _describe(exc):
     """A message and a metrics label for a failure, never carrying credentials."""
     if isinstance(exc, (ks_exceptions.Unauthorized, barbican_exceptions.HTTPAuthError)):
         return "Keystone rejected the credentials (HTTP 401): check barbican.auth", "unauthorized"
+    if isinstance(exc, ks_exceptions.SSLError):
+        return ("the TLS handshake failed (an untrusted certificate? set barbican.cacert to the CA that signed the "
+                f"server's certificate): {exc}"), "unreachable"
     if isinstance(exc, ks_exceptions.ConnectFailure):
         return f"cannot connect: {exc}", "unreachable"
     if isinstance(exc, ks_exceptions.ConnectTimeout):

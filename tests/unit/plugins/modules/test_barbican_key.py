@@ -199,6 +199,8 @@ class _Params(_barbican.BarbicanModule):
     (barbican_exceptions.HTTPServerError("boom", 500), "Barbican answered HTTP 500: boom"),
     (barbican_exceptions.SecretHasConsumers(), "refuses to delete a secret that has consumers (use force: true)"),
     (ks_exceptions.ConnectFailure("refused"), "cannot reach the service: refused"),
+    (ks_exceptions.SSLError("CERTIFICATE_VERIFY_FAILED"),
+     "the TLS handshake failed, most likely on a certificate that is not trusted: set ca_cert to the CA that signed"),
     (RuntimeError("odd"), "listing failed: unexpected RuntimeError: odd"),
 ])
 def test_error_messages(exc, expected):
