@@ -9,7 +9,9 @@ def uwsgi_argv(venv, port, app_args, processes=1, threads=4, extra=(), tls=None)
     """argv for the venv's uWSGI serving one WSGI app over HTTP/1.1 on loopback.
 
     ``tls``, a ``(certificate, key)`` pair of paths, makes the router serve
-    HTTPS only (``--https``), as the roles configure it.
+    HTTPS only (``--https``) as the roles configure it: one request per
+    connection, with ``Connection: close`` (its keep-alive over TLS sometimes
+    closes a connection that the client then reuses).
 
     The HTTP router (``--http`` with ``--http-keepalive``) holds idle
     keep-alive connections in its event loop.  Serving HTTP from the workers
@@ -25,9 +27,8 @@ def uwsgi_argv(venv, port, app_args, processes=1, threads=4, extra=(), tls=None)
         "--need-app",
         "--strict",
         "--virtualenv", str(venv),
-        *(["--https", f"127.0.0.1:{port},{tls[0]},{tls[1]}"] if tls else ["--http", f"127.0.0.1:{port}"]),
-        "--http-keepalive",
-        "--http-auto-chunked",
+        *(["--https", f"127.0.0.1:{port},{tls[0]},{tls[1]}", "--add-header", "Connection: close"] if tls
+          else ["--http", f"127.0.0.1:{port}", "--http-keepalive", "--http-auto-chunked"]),
         "--http-timeout", "120",
         "--processes", str(processes),
         "--threads", str(threads),
