@@ -10,9 +10,9 @@ import ipaddress
 import time
 import traceback
 import uuid
+from urllib.parse import urlsplit
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.six.moves.urllib.parse import urlsplit
 
 try:
     from barbicanclient import client as barbican_client
