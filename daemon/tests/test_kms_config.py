@@ -154,3 +154,34 @@ def test_non_loopback_metrics_need_an_explicit_option(tmp_path, valid):
     assert _load(tmp_path, valid).metrics_listen == ("::1", 9464)
     valid["metrics"] = {"listen": "192.0.2.10:9464", "allow_non_loopback": True}
     assert _load(tmp_path, valid).metrics_listen == ("192.0.2.10", 9464)
+
+
+@pytest.mark.parametrize("field, url", [
+    ("barbican.auth.auth_url", "http://keystone.example:5000/v3"),
+    ("barbican.auth.auth_url", "http://192.0.2.10:5000/v3"),
+    ("barbican.endpoint_override", "http://barbican.example:9311"),
+    ("barbican.endpoint_override", "http://[2001:db8::1]:9311"),
+])
+def test_plain_http_beyond_loopback_is_refused(tmp_path, valid, field, url):
+    _set(valid, field, url)
+    with pytest.raises(config.ConfigError, match=rf"^{field}: .* is plain http .*allow_insecure_http: true"):
+        _load(tmp_path, valid)
+    valid["barbican"]["allow_insecure_http"] = True
+    cfg = _load(tmp_path, valid)
+    assert cfg.barbican.allow_insecure_http is True
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:5000/v3", "http://127.8.9.10:5000/v3", "http://[::1]:5000/v3", "http://localhost:5000/v3",
+    "https://keystone.example:5000/v3",
+])
+def test_https_and_loopback_http_are_accepted(tmp_path, valid, url):
+    valid["barbican"]["auth"]["auth_url"] = url
+    valid["barbican"]["endpoint_override"] = url.replace(":5000/v3", ":9311")
+    assert _load(tmp_path, valid).barbican.allow_insecure_http is False
+
+
+def test_allow_insecure_http_must_be_a_boolean(tmp_path, valid):
+    valid["barbican"]["allow_insecure_http"] = "yes"
+    with pytest.raises(config.ConfigError, match="barbican.allow_insecure_http: expected true or false"):
+        _load(tmp_path, valid)

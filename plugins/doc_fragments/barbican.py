@@ -143,6 +143,13 @@ options:
     description:
       - The Barbican URL, for example V(https://barbican.example:9311), instead of the catalog's C(key-manager) endpoint.
     type: str
+  allow_insecure_http:
+    description:
+      - Accept a plain C(http://) O(auth.auth_url) or O(endpoint_override) on a host other than this one's loopback
+        (C(127.0.0.0/8), C(::1), C(localhost)). Without it the module refuses such a URL, since tokens, passwords and
+        key payloads would cross the network in clear.
+    type: bool
+    default: false
 requirements:
   - python-barbicanclient
   - keystoneauth1

@@ -6,9 +6,11 @@
 
 import base64
 import datetime
+import ipaddress
 import time
 import traceback
 import uuid
+from urllib.parse import urlsplit
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
@@ -70,7 +72,29 @@ def auth_argument_spec():
         client_key=dict(type="path", no_log=False, aliases=["key"]),
         api_timeout=dict(type="int"),
         endpoint_override=dict(type="str"),
+        allow_insecure_http=dict(type="bool", default=False),
     )
+
+
+def _is_loopback_host(host):
+    if not host:
+        return False
+    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def insecure_http_refusal(url, what):
+    """Why ``url`` may not be used without allow_insecure_http, or None when it may."""
+    parsed = urlsplit(url or "")
+    if parsed.scheme.lower() != "http" or _is_loopback_host(parsed.hostname):
+        return None
+    return (f"{what} {url!r} is plain http to {parsed.hostname}: tokens, passwords and key payloads would cross "
+            "the network in clear. Use the https:// URL (ca_cert for a private CA, such as the collection's "
+            "tls_ca_dir/ca.crt), or set allow_insecure_http: true to accept plain http")
 
 
 def secret_uuid(href):
@@ -192,6 +216,15 @@ class BarbicanModule:
                 raise BarbicanError(f"the auth options are incomplete: missing {names}") from None
             except ks_exceptions.ClientException as exc:
                 raise BarbicanError(f"cannot use the auth options: {type(exc).__name__}: {exc}") from None
+            if not self.params["allow_insecure_http"]:
+                config = self._cloud_region.config
+                for url, what in ((config.get("auth", {}).get("auth_url"), "auth.auth_url"),
+                                  (self.params["endpoint_override"] or config.get("key_manager_endpoint_override"),
+                                   "endpoint_override")):
+                    refusal = insecure_http_refusal(url, what)
+                    if refusal:
+                        self._cloud_region = None
+                        raise BarbicanError(refusal)
         return self._cloud_region
 
     @property
@@ -229,7 +262,8 @@ class BarbicanModule:
             auth.pop(name, None)
         try:
             plugin = ks_loading.get_plugin_loader("v3password").load_from_options(**auth)
-            unscoped = ks_session.Session(auth=plugin, verify=region.config.get("verify", True))
+            verify, cert = region.get_requests_verify_args()
+            unscoped = ks_session.Session(auth=plugin, verify=verify, cert=cert)
             unscoped.get_token()
         except Exception:  # pylint: disable=broad-exception-caught
             return None
@@ -250,6 +284,9 @@ class BarbicanModule:
             return (f"{action} failed: the Keystone catalog has no key-manager endpoint for region "
                     f"{self.params['region_name'] or '(any)'} and interface {self.params['interface']}: "
                     "set region_name/interface or endpoint_override")
+        if isinstance(exc, ks_exceptions.SSLError):
+            return (f"{action} failed: the TLS handshake failed, most likely on a certificate that is not trusted: "
+                    f"set ca_cert to the CA that signed the service's certificate: {exc}")
         if isinstance(exc, (ks_exceptions.ConnectFailure, ks_exceptions.ConnectTimeout, ks_exceptions.DiscoveryFailure)):
             return f"{action} failed: cannot reach the service: {exc}"
         if isinstance(exc, barbican_exceptions.SecretHasConsumers):

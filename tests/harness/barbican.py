@@ -38,10 +38,9 @@ application = deploy.loadapp("config:" + os.environ["BARBICAN_PASTE_CONFIG"])
 class BarbicanService:
     """One Barbican API instance with its own config, database and keys."""
 
-    cacert = None
-
     def __init__(self, venv, keystone, base_dir, log_dir, flavour="simple_crypto", database="sqlite",
-                 database_url=None, name="barbican", pg_shim=True):
+                 database_url=None, name="barbican", pg_shim=True, tls_ca=None):
+        """``tls_ca`` (a tests.harness.pki.TestCA): serve HTTPS only, with a certificate it signs."""
         if flavour not in FLAVOURS:
             raise ValueError(f"flavour must be one of {FLAVOURS}, not {flavour!r}")
         if database not in DATABASES:
@@ -59,7 +58,9 @@ class BarbicanService:
         self.database_url = database_url or f"sqlite:///{self.base_dir / 'barbican.db'}"
         self.pg_shim = pg_shim
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls_ca.issue(name, ips=["127.0.0.1"], dns_names=["localhost"], server=True) if tls_ca else None
+        self.cacert = str(tls_ca.cert_path) if tls_ca else None
+        self.url = f"{'https' if tls_ca else 'http'}://127.0.0.1:{self.port}"
         self.token = SoftHSMToken(self.base_dir / "softhsm", name[:32]) if flavour == "p11_crypto" else None
         self.process = None
         self._prepared = False
@@ -122,7 +123,8 @@ class BarbicanService:
             f"project_domain_name = {service.project_domain_name}\n"
             f"region_name = {self.keystone.region_name}\n"
             "interface = public\n"
-            "[secretstore]\n"
+            + (f"cafile = {self.keystone.cacert}\n" if self.keystone.cacert else "")
+            + "[secretstore]\n"
             "enabled_secretstore_plugins = store_crypto\n"
             + self._crypto_section()
         )
@@ -181,9 +183,9 @@ class BarbicanService:
         if not self._prepared:
             self._prepare()
         argv = uwsgi_argv(self.venv, self.port, ["--wsgi-file", str(self.base_dir / "barbican_wsgi.py")],
-                          extra=["--chdir", str(self.base_dir)])
+                          extra=["--chdir", str(self.base_dir)], tls=self.tls)
         self.process = ManagedProcess(self.name, argv, self.log_path, env=self._env(), cwd=self.base_dir).start()
-        wait_for_http(self.url + "/", timeout=180, process=self.process)
+        wait_for_http(self.url + "/", timeout=180, process=self.process, verify=self.cacert or True)
         return self
 
     def stop(self):
@@ -199,7 +201,7 @@ class BarbicanService:
     # -- clients -----------------------------------------------------------
 
     def session(self, creds):
-        """A keystoneauth1 session for Credentials or AppCredential."""
+        """A keystoneauth1 session for Credentials or AppCredential (verified with their CA, if any)."""
         return make_session(creds)
 
     def client(self, creds):

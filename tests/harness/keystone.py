@@ -37,6 +37,8 @@ class Credentials:
     project_name: str
     user_domain_name: str = "Default"
     project_domain_name: str = "Default"
+    # The CA that verifies Keystone (and Barbican) over TLS; None: plain http on loopback.
+    cacert: str = None
 
     def auth_dict(self):
         """The ``auth:`` dict of keystoneauth1 / openstack.cloud."""
@@ -61,6 +63,7 @@ class AppCredential:
     id: str  # pylint: disable=invalid-name
     secret: str = dataclasses.field(repr=False)
     name: str
+    cacert: str = None
 
     def auth_dict(self):
         return {
@@ -74,8 +77,8 @@ class AppCredential:
 
 
 def make_session(creds):
-    """A keystoneauth1 session for Credentials or AppCredential."""
-    return ks_session.Session(auth=creds.auth_plugin())
+    """A keystoneauth1 session for Credentials or AppCredential (verified with their CA, if any)."""
+    return ks_session.Session(auth=creds.auth_plugin(), verify=creds.cacert or True)
 
 
 class KeystoneService:
@@ -83,20 +86,28 @@ class KeystoneService:
 
     region_name = REGION
 
-    def __init__(self, venv, base_dir, log_dir):
+    def __init__(self, venv, base_dir, log_dir, tls_ca=None, name="keystone"):
+        """``tls_ca`` (a tests.harness.pki.TestCA): serve HTTPS only, with a certificate it signs."""
         self.venv = pathlib.Path(venv)
         self.base_dir = pathlib.Path(base_dir)
-        self.log_path = pathlib.Path(log_dir) / "keystone.log"
+        self.log_path = pathlib.Path(log_dir) / f"{name}.log"
+        self.name = name
         self.port = free_port()
-        self.auth_url = f"http://127.0.0.1:{self.port}/v3"
+        self.tls = tls_ca.issue(name, ips=["127.0.0.1"], dns_names=["localhost"], server=True) if tls_ca else None
+        self.cacert = str(tls_ca.cert_path) if tls_ca else None
+        self.auth_url = f"{'https' if tls_ca else 'http'}://127.0.0.1:{self.port}/v3"
         self.conf_path = self.base_dir / "keystone.conf"
         self.process = None
-        self.admin = Credentials(self.auth_url, "admin", secrets.token_urlsafe(18), "admin")
-        self.service_user = Credentials(self.auth_url, "barbican", secrets.token_urlsafe(18), "service")
-        self.plugin_user = Credentials(self.auth_url, "kms-plugin", secrets.token_urlsafe(18), "kms")
-        self.other_member = Credentials(self.auth_url, "kms-other", secrets.token_urlsafe(18), "kms")
-        self.key_custodian = Credentials(self.auth_url, "kms-key-custodian", secrets.token_urlsafe(18), "kms")
-        self.reader_plugin_user = Credentials(self.auth_url, "kms-plugin-reader", secrets.token_urlsafe(18), "kms")
+
+        def credentials(username, project):
+            return Credentials(self.auth_url, username, secrets.token_urlsafe(18), project, cacert=self.cacert)
+
+        self.admin = credentials("admin", "admin")
+        self.service_user = credentials("barbican", "service")
+        self.plugin_user = credentials("kms-plugin", "kms")
+        self.other_member = credentials("kms-other", "kms")
+        self.key_custodian = credentials("kms-key-custodian", "kms")
+        self.reader_plugin_user = credentials("kms-plugin-reader", "kms")
         self.plugin_app_cred = None
         self._key_manager_service_id = None
 
@@ -152,8 +163,8 @@ class KeystoneService:
                 "--bootstrap-region-id", REGION, "--bootstrap-public-url", f"{self.auth_url}/",
                 env=dict(self._env(), OS_BOOTSTRAP_PASSWORD=self.admin.password),
             )
-        argv = uwsgi_argv(self.venv, self.port, ["--module", "keystone.wsgi.api:application"])
-        self.process = ManagedProcess("keystone", argv, self.log_path, env=self._env(), cwd=self.base_dir).start()
+        argv = uwsgi_argv(self.venv, self.port, ["--module", "keystone.wsgi.api:application"], tls=self.tls)
+        self.process = ManagedProcess(self.name, argv, self.log_path, env=self._env(), cwd=self.base_dir).start()
         wait_for_port("127.0.0.1", self.port, timeout=120, process=self.process)
         if first:
             self._provision()
@@ -192,7 +203,7 @@ class KeystoneService:
         app_cred = plugin_conn.identity.create_application_credential(
             user=plugin_user.id, name="kms-plugin", description="teapot.kms integration tests"
         )
-        self.plugin_app_cred = AppCredential(self.auth_url, app_cred.id, app_cred.secret, app_cred.name)
+        self.plugin_app_cred = AppCredential(self.auth_url, app_cred.id, app_cred.secret, app_cred.name, cacert=self.cacert)
         self._key_manager_service_id = identity.create_service(name="barbican", type="key-manager", is_enabled=True).id
 
     def register_key_manager(self, url):

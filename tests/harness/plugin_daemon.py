@@ -75,7 +75,7 @@ def order_kek(barbican, creds, name):
 
 
 def password_barbican_section(creds, secret_dir, **extra):
-    """``barbican:`` config for password auth, the password in a 0600 file."""
+    """``barbican:`` config for password auth, the password in a 0600 file (and the CA of TLS credentials)."""
     secret_dir = pathlib.Path(secret_dir)
     secret_dir.mkdir(parents=True, exist_ok=True)
     password_file = secret_dir / "password"
@@ -83,6 +83,8 @@ def password_barbican_section(creds, secret_dir, **extra):
     password_file.chmod(0o600)
     auth = {key: value for key, value in creds.auth_dict().items() if key != "password"}
     auth["password_file"] = str(password_file)
+    if creds.cacert:
+        extra.setdefault("cacert", creds.cacert)
     return {"auth_type": "password", "auth": auth, **extra}
 
 

@@ -5,8 +5,13 @@ import time
 import requests
 
 
-def uwsgi_argv(venv, port, app_args, processes=1, threads=4, extra=()):
+def uwsgi_argv(venv, port, app_args, processes=1, threads=4, extra=(), tls=None):
     """argv for the venv's uWSGI serving one WSGI app over HTTP/1.1 on loopback.
+
+    ``tls``, a ``(certificate, key)`` pair of paths, makes the router serve
+    HTTPS only (``--https``) as the roles configure it: one request per
+    connection, with ``Connection: close`` (its keep-alive over TLS sometimes
+    closes a connection that the client then reuses).
 
     The HTTP router (``--http`` with ``--http-keepalive``) holds idle
     keep-alive connections in its event loop.  Serving HTTP from the workers
@@ -22,9 +27,8 @@ def uwsgi_argv(venv, port, app_args, processes=1, threads=4, extra=()):
         "--need-app",
         "--strict",
         "--virtualenv", str(venv),
-        "--http", f"127.0.0.1:{port}",
-        "--http-keepalive",
-        "--http-auto-chunked",
+        *(["--https", f"127.0.0.1:{port},{tls[0]},{tls[1]}", "--add-header", "Connection: close"] if tls
+          else ["--http", f"127.0.0.1:{port}", "--http-keepalive", "--http-auto-chunked"]),
         "--http-timeout", "120",
         "--processes", str(processes),
         "--threads", str(threads),
@@ -39,8 +43,8 @@ def uwsgi_argv(venv, port, app_args, processes=1, threads=4, extra=()):
     ]
 
 
-def wait_for_http(url, timeout=120.0, process=None):
-    """Wait until ``url`` answers with a status below 500.
+def wait_for_http(url, timeout=120.0, process=None, verify=True):
+    """Wait until ``url`` answers with a status below 500 (``verify``: requests' CA bundle or path).
 
     uWSGI's HTTP router accepts connections before the application has
     loaded; only an answer from the application means the service is up.
@@ -51,7 +55,7 @@ def wait_for_http(url, timeout=120.0, process=None):
         if process is not None and not process.running():
             raise RuntimeError(f"{process.name} exited with {process.popen.returncode} before serving {url}; log:\n{process.log_tail()}")
         try:
-            response = requests.get(url, timeout=5)
+            response = requests.get(url, timeout=5, verify=verify)
             if response.status_code < 500:
                 return response
             last = f"HTTP {response.status_code}"

@@ -7,6 +7,8 @@ the end of the session.  Service logs stay under
 Fixtures: ``keystone``, ``barbican`` (simple_crypto on sqlite, the catalog's
 key-manager endpoint), ``barbican_p11`` (p11_crypto on SoftHSM2, sqlite),
 ``barbican_factory(flavour=..., database=...)`` (a new instance per call),
+the same over HTTPS only (``keystone_tls``, ``barbican_tls``,
+``barbican_p11_tls``, ``barbican_tls_factory``, certificates of ``service_ca``),
 ``mariadb``, ``postgresql``, ``etcd`` and ``etcd_tls`` (client certificates, as kubeadm sets it up).
 
 Under pytest-xdist (``make integration`` runs ``-n 2 --dist loadgroup``) each
@@ -30,6 +32,7 @@ from tests.harness.cache import cache_dir
 from tests.harness.databases import MariaDBServer, PostgreSQLServer
 from tests.harness.etcd import EtcdServer
 from tests.harness.keystone import KeystoneService
+from tests.harness.pki import TestCA
 from tests.harness.venvs import ensure_venvs
 
 # Set by the first process that imports this file (the xdist controller, or a
@@ -39,7 +42,7 @@ RUN_ID = os.environ.setdefault("TEAPOT_KMS_TEST_RUN_ID", f"{time.strftime('%Y%m%
 # Tests whose fixtures include one of these share the session's Keystone
 # (Barbican instances and their databases depend on it): one xdist group.
 # Every other test is grouped with its module.
-SHARED_SESSION_FIXTURES = frozenset({"keystone"})
+SHARED_SESSION_FIXTURES = frozenset({"keystone", "keystone_tls"})
 SHARED_SESSION_GROUP = "keystone-session"
 
 # Everything started in this session that has a log worth showing on failure.
@@ -173,13 +176,57 @@ def etcd_tls(harness_servers):
 
 @pytest.fixture(scope="session")
 def keystone(service_venvs, tmp_path_factory, harness_log_dir):
-    """Keystone with admin, kms-plugin, kms-other and an application credential."""
+    """Keystone with admin, kms-plugin, kms-other and an application credential (plain http on loopback)."""
     service = _track(KeystoneService(service_venvs["keystone"], tmp_path_factory.mktemp("keystone"), harness_log_dir))
     try:
         service.start()
         yield service
     finally:
         service.stop()
+
+
+@pytest.fixture(scope="session")
+def service_ca(tmp_path_factory):
+    """The CA that signs the TLS services' certificates (``cert_path`` is the trust anchor)."""
+    return TestCA(tmp_path_factory.mktemp("service-ca"), "service-ca")
+
+
+@pytest.fixture(scope="session")
+def keystone_tls(service_venvs, service_ca, tmp_path_factory, harness_log_dir):
+    """Like ``keystone``, over HTTPS only (``cacert``: its CA); its credentials carry the CA."""
+    service = _track(KeystoneService(service_venvs["keystone"], tmp_path_factory.mktemp("keystone-tls"), harness_log_dir,
+                                     tls_ca=service_ca, name="keystone-tls"))
+    try:
+        service.start()
+        yield service
+    finally:
+        service.stop()
+
+
+def _barbican_factory(service_venvs, keystone, harness_servers, tmp_path_factory, harness_log_dir, tls_ca=None):
+    started = []
+    numbers = itertools.count(1)
+    prefix = "barbican-tls" if tls_ca else "barbican"
+
+    def factory(flavour="simple_crypto", database="sqlite", pg_shim=True, register_in_catalog=False):
+        number = next(numbers)
+        name = f"{prefix}-{number}-{flavour.replace('_', '-')}-{database}"
+        database_url = None
+        if database == "mariadb":
+            database_url = harness_servers.mariadb().create_database(f"{prefix.replace('-', '_')}_{number}")
+        elif database == "postgresql":
+            database_url = harness_servers.postgresql().create_database(f"{prefix.replace('-', '_')}_{number}")
+        service = BarbicanService(
+            service_venvs["barbican"], keystone, tmp_path_factory.mktemp(name), harness_log_dir,
+            flavour=flavour, database=database, database_url=database_url, name=name, pg_shim=pg_shim, tls_ca=tls_ca,
+        )
+        started.append(_track(service))
+        service.start()
+        if register_in_catalog:
+            keystone.register_key_manager(service.url)
+        return service
+
+    return factory, started
 
 
 @pytest.fixture(scope="session")
@@ -190,32 +237,36 @@ def barbican_factory(service_venvs, keystone, harness_servers, tmp_path_factory,
     database="sqlite"|"mariadb"|"postgresql", pg_shim=True,
     register_in_catalog=False)``.
     """
-    started = []
-    numbers = itertools.count(1)
-
-    def factory(flavour="simple_crypto", database="sqlite", pg_shim=True, register_in_catalog=False):
-        number = next(numbers)
-        name = f"barbican-{number}-{flavour.replace('_', '-')}-{database}"
-        database_url = None
-        if database == "mariadb":
-            database_url = harness_servers.mariadb().create_database(f"barbican_{number}")
-        elif database == "postgresql":
-            database_url = harness_servers.postgresql().create_database(f"barbican_{number}")
-        service = BarbicanService(
-            service_venvs["barbican"], keystone, tmp_path_factory.mktemp(name), harness_log_dir,
-            flavour=flavour, database=database, database_url=database_url, name=name, pg_shim=pg_shim,
-        )
-        started.append(_track(service))
-        service.start()
-        if register_in_catalog:
-            keystone.register_key_manager(service.url)
-        return service
-
+    factory, started = _barbican_factory(service_venvs, keystone, harness_servers, tmp_path_factory, harness_log_dir)
     try:
         yield factory
     finally:
         for service in reversed(started):
             service.stop()
+
+
+@pytest.fixture(scope="session")
+def barbican_tls_factory(service_venvs, keystone_tls, service_ca, harness_servers, tmp_path_factory, harness_log_dir):
+    """Like ``barbican_factory``, for Barbican instances over HTTPS only, behind ``keystone_tls``."""
+    factory, started = _barbican_factory(service_venvs, keystone_tls, harness_servers, tmp_path_factory, harness_log_dir,
+                                         tls_ca=service_ca)
+    try:
+        yield factory
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+@pytest.fixture(scope="session")
+def barbican_tls(barbican_tls_factory):
+    """Barbican with simple_crypto on sqlite over HTTPS; the key-manager endpoint of ``keystone_tls``'s catalog."""
+    return barbican_tls_factory("simple_crypto", "sqlite", register_in_catalog=True)
+
+
+@pytest.fixture(scope="session")
+def barbican_p11_tls(barbican_tls_factory):
+    """Barbican with p11_crypto on a SoftHSM2 token, sqlite, over HTTPS behind ``keystone_tls``."""
+    return barbican_tls_factory("p11_crypto", "sqlite")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,9 @@
-"""teapot.kms.barbican_key and barbican_key_info in real playbooks against the harness's Keystone and Barbican."""
+"""teapot.kms.barbican_key and barbican_key_info in real playbooks against the harness's Keystone and Barbican.
+
+Keystone and Barbican serve HTTPS only here, as the roles deploy them (this
+module's ``keystone`` and ``barbican`` are the TLS fixtures of
+tests/integration/conftest.py): the modules verify them with ``ca_cert``.
+"""
 
 import base64
 import json
@@ -20,10 +25,20 @@ def runner(tmp_path_factory):
     return PlaybookRunner(tmp_path_factory.mktemp("playbooks"))
 
 
+@pytest.fixture(scope="session")
+def keystone(keystone_tls):
+    return keystone_tls
+
+
+@pytest.fixture(scope="session")
+def barbican(barbican_tls):
+    return barbican_tls
+
+
 @pytest.fixture(scope="module")
 def conn(keystone, barbican):
     """Module options for the plugin user, finding Barbican through the catalog."""
-    return {"auth": keystone.plugin_user.auth_dict(), "region_name": keystone.region_name}
+    return {"auth": keystone.plugin_user.auth_dict(), "region_name": keystone.region_name, "ca_cert": keystone.cacert}
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +168,12 @@ def test_bad_credentials_and_unknown_project(runner, keystone, barbican):
     wrong_password = {**good, "password": "not-the-password-" + uuid.uuid4().hex}
     unknown_project = {**good, "project_name": "no-such-project"}
     tasks = [
-        _key_task("wrong password", {"auth": wrong_password, "region_name": keystone.region_name}, name="never"),
-        _key_task("unknown project", {"auth": unknown_project, "region_name": keystone.region_name}, name="never"),
-        {"name": "info with wrong password", "teapot.kms.barbican_key_info": {"auth": wrong_password}, "ignore_errors": True},
+        _key_task("wrong password", {"auth": wrong_password, "region_name": keystone.region_name, "ca_cert": keystone.cacert},
+                  name="never"),
+        _key_task("unknown project", {"auth": unknown_project, "region_name": keystone.region_name, "ca_cert": keystone.cacert},
+                  name="never"),
+        {"name": "info with wrong password", "teapot.kms.barbican_key_info": {"auth": wrong_password, "ca_cert": keystone.cacert},
+         "ignore_errors": True},
     ]
     run = runner.run(tasks)
     wrong = run.task("wrong password")
@@ -166,6 +184,22 @@ def test_bad_credentials_and_unknown_project(runner, keystone, barbican):
     assert "refused a token for project 'no-such-project'" in unknown["msg"] and "does not exist or the user has no role" in unknown["msg"]
     assert run.task("info with wrong password")["failed"] is True
     assert wrong_password["password"] not in run.output and good["password"] not in run.output
+
+
+def test_untrusted_certificate_is_explained(runner, keystone, barbican):
+    assert keystone.auth_url.startswith("https://") and barbican.url.startswith("https://")
+    auth = keystone.plugin_user.auth_dict()
+    run = runner.run([
+        _key_task("without the CA", {"auth": auth, "region_name": keystone.region_name}, name="never"),
+        {"name": "info without the CA", "teapot.kms.barbican_key_info": {"auth": auth, "endpoint_override": barbican.url},
+         "ignore_errors": True},
+    ])
+    for task in ("without the CA", "info without the CA"):
+        failed = run.task(task)
+        assert failed["failed"] is True
+        assert "the TLS handshake failed" in failed["msg"] and "set ca_cert to the CA" in failed["msg"], failed["msg"]
+        assert "CERTIFICATE_VERIFY_FAILED" in failed["msg"]
+    assert auth["password"] not in run.output
 
 
 def test_existing_key_that_differs_is_not_replaced(runner, barbican, conn):
@@ -220,7 +254,7 @@ def test_an_expiring_key_is_refused_in_a_keyring(runner, barbican, conn):
 
 def test_clouds_yaml_entry(runner, keystone, barbican, tmp_path):
     clouds = tmp_path / "clouds.yaml"
-    entry = {"auth": keystone.plugin_user.auth_dict(), "region_name": keystone.region_name}
+    entry = {"auth": keystone.plugin_user.auth_dict(), "region_name": keystone.region_name, "cacert": keystone.cacert}
     clouds.write_text(yaml.safe_dump({"clouds": {"teapot-kms": entry}}), encoding="utf-8")
     clouds.chmod(0o600)
     name = _name("kek-cloud")

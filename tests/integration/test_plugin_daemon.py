@@ -1,6 +1,9 @@
 """The KMS v2 plugin daemon against real Keystone and Barbican, through its real socket.
 
-The daemon runs as a process from a venv installed offline from wheels
+Keystone and Barbican serve HTTPS only here, as the roles deploy them (the
+``keystone``, ``barbican`` and ``barbican_p11`` fixtures of this module are
+the TLS ones of tests/integration/conftest.py): the plugin verifies them with
+``barbican.cacert``.  The daemon runs as a process from a venv installed offline from wheels
 (tests/harness/plugin_daemon.py); the client speaks KMS v2 with message classes
 built from the proto descriptor.
 """
@@ -25,6 +28,21 @@ from tests.harness.procs import free_port
 pytestmark = pytest.mark.slow
 
 SEED = os.urandom(32)
+
+
+@pytest.fixture(scope="session")
+def keystone(keystone_tls):
+    return keystone_tls
+
+
+@pytest.fixture(scope="session")
+def barbican(barbican_tls):
+    return barbican_tls
+
+
+@pytest.fixture(scope="session")
+def barbican_p11(barbican_p11_tls):
+    return barbican_p11_tls
 
 
 @pytest.fixture(scope="session")
@@ -230,7 +248,7 @@ def test_application_credential(keystone, barbican, start_plugin, tmp_path):
     section = {"auth_type": "v3applicationcredential",
                "auth": {"auth_url": app.auth_url, "application_credential_id": app.id,
                         "application_credential_secret_file": str(secret_file)},
-               "endpoint_override": barbican.url}
+               "endpoint_override": barbican.url, "cacert": app.cacert}
     plugin = start_plugin({"barbican": section, "keys": [href]})
     code, status = plugin.status_command()
     assert code == 0 and (status["healthz"], status["key_id"], status["all_keys_loaded"]) == (
@@ -243,11 +261,49 @@ def test_clouds_yaml_entry(keystone, barbican, start_plugin, tmp_path):
     clouds = tmp_path / "clouds.yaml"
     clouds.write_text(yaml.safe_dump({"clouds": {"kms": {
         "auth": keystone.plugin_user.auth_dict(), "region_name": keystone.region_name,
-        "interface": "public", "key_manager_endpoint_override": barbican.url}}}))
+        "interface": "public", "key_manager_endpoint_override": barbican.url, "cacert": keystone.cacert}}}))
     clouds.chmod(0o600)
     plugin = start_plugin({"barbican": {"cloud": "kms", "clouds_file": str(clouds)}, "keys": [_secret_uuid(href).hex]})
     code, status = plugin.status_command()
     assert (code, status["healthz"]) == (0, "ok"), plugin.log_tail()
+
+
+def test_untrusted_certificate_is_explained(keystone, barbican, start_plugin, tmp_path):
+    href = order_kek(barbican, keystone.plugin_user, "kek-untrusted")
+    assert barbican.url.startswith("https://") and keystone.plugin_user.auth_url.startswith("https://")
+    # Without barbican.cacert: the system's CAs, which did not sign the services' certificates.
+    section = password_barbican_section(keystone.plugin_user, tmp_path / "secrets", endpoint_override=barbican.url)
+    del section["cacert"]
+    plugin = start_plugin({"barbican": section, "keys": [href]})
+    code, status = plugin.status_command()
+    assert code == 1 and status["all_keys_loaded"] is False
+    assert "the TLS handshake failed" in status["healthz"] and "set barbican.cacert" in status["healthz"]
+    assert "CERTIFICATE_VERIFY_FAILED" in status["healthz"]
+
+
+def test_plain_http_to_a_remote_keystone_is_refused(kms_venv, tmp_path):
+    config = tmp_path / "kms.yaml"
+    password_file = tmp_path / "password"
+    password_file.write_text("not-used-here\n")
+    config.write_text(yaml.safe_dump({"socket": str(tmp_path / "kms.sock"), "keys": [str(uuid.uuid4())],
+                                      "barbican": {"auth": {"auth_url": "http://192.0.2.10:5000/v3", "username": "kms-plugin",
+                                                            "password_file": str(password_file), "project_name": "kms"}}}))
+    result = subprocess.run([str(kms_venv / "bin" / "teapot-kms-plugin"), "serve", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "barbican.auth.auth_url" in lines[0] and "allow_insecure_http: true" in lines[0]
+    assert not (tmp_path / "kms.sock").exists()
+
+
+def test_allowed_plain_http_is_warned_about_at_start(keystone, barbican, start_plugin, tmp_path):
+    # The daemon's warning when allow_insecure_http is set; the services themselves are TLS here.
+    href = order_kek(barbican, keystone.plugin_user, "kek-insecure-allowed")
+    section = password_barbican_section(keystone.plugin_user, tmp_path / "secrets", endpoint_override=barbican.url,
+                                        allow_insecure_http=True)
+    plugin = start_plugin({"barbican": section, "keys": [href]})
+    assert plugin.status_command()[0] == 0
+    assert "barbican.allow_insecure_http is true" in plugin.log_text()
 
 
 def test_wrong_credentials_are_explained(keystone, barbican, start_plugin, tmp_path):

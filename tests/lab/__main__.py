@@ -92,6 +92,8 @@ class Lab:
             "kp_secrets_before": 5,
             "kube_apiserver_standin_repo": str(REPO),
             "kube_apiserver_standin_python": STANDIN_PYTHON,
+            # The collection's CA of this lab (TLS for Keystone and Barbican), removed with it.
+            "teapot_kms_tls_ca_dir": str(self.dir / "tls-ca"),
         }), encoding="utf-8")
         secrets_file = group_vars / "secrets.yml"
         values = yaml.safe_load(secrets_file.read_text(encoding="utf-8")) if secrets_file.exists() else {}

@@ -10,7 +10,7 @@ from keystoneauth1 import exceptions as ks_exceptions
 from keystoneauth1 import loading
 from keystoneauth1 import session as ks_session
 
-from .config import SECRET_AUTH_FIELDS
+from .config import SECRET_AUTH_FIELDS, insecure_http_refusal
 from .keyring import FetchError
 
 LOG = logging.getLogger(__name__)
@@ -31,6 +31,13 @@ def _session(cfg):
         except Exception as exc:  # pylint: disable=broad-exception-caught
             raise FetchError(f"clouds.yaml entry {cfg.cloud!r} is unusable: {type(exc).__name__}", "config") from None
         endpoint = cfg.endpoint_override or region.get_endpoint("key-manager")
+        if not cfg.allow_insecure_http:
+            # A clouds.yaml entry is read here, not at start: its URLs get the same refusal as barbican.auth's.
+            for url, field in ((region.config.get("auth", {}).get("auth_url"), f"clouds.yaml entry {cfg.cloud!r} auth_url"),
+                               (endpoint, f"clouds.yaml entry {cfg.cloud!r} key-manager endpoint")):
+                refusal = insecure_http_refusal(url, field)
+                if refusal:
+                    raise FetchError(refusal, "config")
         session = region.get_session()
         if session.timeout is None:
             # Without a timeout a silent peer would hold the refresh thread forever.
@@ -45,6 +52,9 @@ def _describe(exc):
     """A message and a metrics label for a failure, never carrying credentials."""
     if isinstance(exc, (ks_exceptions.Unauthorized, barbican_exceptions.HTTPAuthError)):
         return "Keystone rejected the credentials (HTTP 401): check barbican.auth", "unauthorized"
+    if isinstance(exc, ks_exceptions.SSLError):
+        return ("the TLS handshake failed (an untrusted certificate? set barbican.cacert to the CA that signed the "
+                f"server's certificate): {exc}"), "unreachable"
     if isinstance(exc, ks_exceptions.ConnectFailure):
         return f"cannot connect: {exc}", "unreachable"
     if isinstance(exc, ks_exceptions.ConnectTimeout):

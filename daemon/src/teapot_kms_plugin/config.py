@@ -6,6 +6,7 @@ import ipaddress
 import os
 import pathlib
 import re
+import urllib.parse
 
 import yaml
 
@@ -45,6 +46,8 @@ class BarbicanConfig:
     cacert: str = None
     endpoint_override: str = None
     timeout: float = 10.0
+    # Plain http:// to Keystone or Barbican beyond this host (the daemon warns at start).
+    allow_insecure_http: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +134,35 @@ def _read_secret(path, field):
     return text
 
 
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
+
+
+def is_loopback_host(host):
+    """True for localhost and the loopback addresses (127.0.0.0/8, ::1)."""
+    if not host:
+        return False
+    if host.lower().rstrip(".") in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def insecure_http_refusal(url, field):
+    """Why ``url`` may not be used without allow_insecure_http, or None when it may.
+
+    Tokens, passwords and the key-encryption keys cross this connection: plain
+    http is accepted only on this host (loopback).
+    """
+    parsed = urllib.parse.urlsplit(url or "")
+    if parsed.scheme.lower() != "http" or is_loopback_host(parsed.hostname):
+        return None
+    return (f"{field}: {url!r} is plain http to {parsed.hostname}, which would send tokens, passwords and keys "
+            "in clear: use https:// (with barbican.cacert for a private CA), or set "
+            "barbican.allow_insecure_http: true to accept it")
+
+
 def _auth(raw, auth_type):
     raw = _mapping(raw, "barbican.auth")
     allowed = _PASSWORD_FIELDS if auth_type == "password" else _APP_CRED_FIELDS
@@ -166,7 +198,10 @@ def _barbican(raw):
     if not raw:
         raise ConfigError("barbican: required")
     _unknown(raw, {"cloud", "clouds_file", "auth_type", "auth", "region_name", "interface", "cacert",
-                   "endpoint_override", "timeout"}, "barbican")
+                   "endpoint_override", "timeout", "allow_insecure_http"}, "barbican")
+    allow_insecure_http = raw.get("allow_insecure_http", False)
+    if not isinstance(allow_insecure_http, bool):
+        raise ConfigError(f"barbican.allow_insecure_http: expected true or false, got {allow_insecure_http!r}")
     cloud = _string(raw.get("cloud"), "barbican.cloud")
     clouds_file = _string(raw.get("clouds_file"), "barbican.clouds_file")
     auth_type = _choice(raw.get("auth_type"), "barbican.auth_type", AUTH_TYPES, "password")
@@ -188,6 +223,11 @@ def _barbican(raw):
     endpoint = _string(raw.get("endpoint_override"), "barbican.endpoint_override")
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise ConfigError(f"barbican.endpoint_override: {endpoint!r} is not an http(s) URL")
+    if not allow_insecure_http:
+        for url, field in ((auth.get("auth_url"), "barbican.auth.auth_url"), (endpoint, "barbican.endpoint_override")):
+            refusal = insecure_http_refusal(url, field)
+            if refusal:
+                raise ConfigError(refusal)
     return BarbicanConfig(
         cloud=cloud,
         clouds_file=clouds_file,
@@ -198,6 +238,7 @@ def _barbican(raw):
         cacert=cacert,
         endpoint_override=endpoint,
         timeout=_seconds(raw.get("timeout"), "barbican.timeout", 10),
+        allow_insecure_http=allow_insecure_http,
     )
 
 

@@ -79,6 +79,9 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
+        if cfg.barbican is not None and cfg.barbican.allow_insecure_http:
+            LOG.warning("barbican.allow_insecure_http is true: Keystone and Barbican may be reached over plain http "
+                        "beyond this host, sending tokens, passwords and keys in clear")
         self.keys = self.make_keyring(cfg, fetcher_for(cfg), self.metrics)
         # Metrics first: a port clash fails the start before the apiserver ever sees a socket.
         if cfg.metrics_listen:

@@ -137,6 +137,33 @@ def test_keystone_unreachable(run_module, main):
     assert result["invocation"]["module_args"]["auth"]["password"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
 
 
+@pytest.mark.parametrize("main", [barbican_key.main, barbican_key_info.main])
+@pytest.mark.parametrize("args, what", [
+    ({"auth": dict(_auth(), auth_url="http://192.0.2.10:5000/v3")}, "auth.auth_url"),
+    ({"auth": dict(_auth(), auth_url="http://keystone.example:5000/v3")}, "auth.auth_url"),
+    ({"auth": _auth(), "endpoint_override": "http://barbican.example:9311"}, "endpoint_override"),
+    ({"cloud": {"auth": dict(_auth(), auth_url="http://192.0.2.10:5000/v3")}}, "auth.auth_url"),
+])
+def test_plain_http_beyond_loopback_is_refused(run_module, main, args, what):
+    args = dict(args, region_name="RegionOne") if "cloud" not in args else dict(args)
+    if main is barbican_key.main:
+        args["name"] = "k"
+    code, result = run_module(main, args)
+    assert code == 1
+    assert result["msg"].startswith(f"{what} 'http://")
+    assert "is plain http" in result["msg"] and "allow_insecure_http: true" in result["msg"]
+    assert PASSWORD not in str(result)
+
+
+def test_plain_http_accepted_when_allowed(run_module):
+    # Past the refusal: the module tries to reach the (absent) Keystone.
+    code, result = run_module(barbican_key_info.main, {
+        "auth": dict(_auth(), auth_url=f"http://192.0.2.10:{free_port()}/v3"), "allow_insecure_http": True,
+        "api_timeout": 1})
+    assert code == 1
+    assert "plain http" not in result["msg"] and "cannot reach the service" in result["msg"]
+
+
 def test_secrets_of_a_cloud_dict_are_hidden(run_module):
     code, result = run_module(barbican_key_info.main, {"cloud": {"auth": _auth()}})
     assert code == 1 and PASSWORD not in str(result)
@@ -172,6 +199,8 @@ class _Params(_barbican.BarbicanModule):
     (barbican_exceptions.HTTPServerError("boom", 500), "Barbican answered HTTP 500: boom"),
     (barbican_exceptions.SecretHasConsumers(), "refuses to delete a secret that has consumers (use force: true)"),
     (ks_exceptions.ConnectFailure("refused"), "cannot reach the service: refused"),
+    (ks_exceptions.SSLError("CERTIFICATE_VERIFY_FAILED"),
+     "the TLS handshake failed, most likely on a certificate that is not trusted: set ca_cert to the CA that signed"),
     (RuntimeError("odd"), "listing failed: unexpected RuntimeError: odd"),
 ])
 def test_error_messages(exc, expected):
