@@ -186,18 +186,21 @@ def keystone(service_venvs, tmp_path_factory, harness_log_dir):
 
 
 @pytest.fixture(scope="session")
-def barbican_factory(service_venvs, keystone, harness_servers, tmp_path_factory, harness_log_dir):
+def barbican_factory(request, service_venvs, keystone, harness_servers, tmp_path_factory, harness_log_dir):
     """Return a callable that starts a new Barbican instance, stopped at session end.
 
     ``barbican_factory(flavour="simple_crypto"|"p11_crypto"|"vault",
     database="sqlite"|"mariadb"|"postgresql", pg_shim=True,
     register_in_catalog=False, vault=None)``; ``vault`` (for the vault
-    flavour) is ``{url, role_id, secret_id, mount, cacert}``.
+    flavour) is ``{url, role_id, secret_id, mount, cacert}``, by default the
+    session's ``openbao`` and its AppRole.
     """
     started = []
     numbers = itertools.count(1)
 
     def factory(flavour="simple_crypto", database="sqlite", pg_shim=True, register_in_catalog=False, vault=None):
+        if flavour == "vault" and vault is None:
+            vault = openbao_settings(request.getfixturevalue("openbao"))
         number = next(numbers)
         name = f"barbican-{number}-{flavour.replace('_', '-')}-{database}"
         database_url = None
@@ -246,9 +249,13 @@ def openbao(tmp_path_factory, harness_log_dir):
         server.stop()
 
 
+def openbao_settings(server):
+    """The ``vault`` settings of a Barbican on ``server`` (an OpenBaoServer), logged in with its AppRole."""
+    role_id, secret_id = server.approle
+    return {"url": server.url, "role_id": role_id, "secret_id": secret_id, "mount": server.mount, "cacert": server.cacert}
+
+
 @pytest.fixture(scope="session")
-def barbican_vault(barbican_factory, openbao):
+def barbican_vault(barbican_factory):
     """Barbican with the vault_plugin secret store on ``openbao``, logged in with its AppRole, sqlite."""
-    role_id, secret_id = openbao.approle
-    return barbican_factory("vault", "sqlite", vault={"url": openbao.url, "role_id": role_id, "secret_id": secret_id,
-                                                      "mount": openbao.mount, "cacert": openbao.cacert})
+    return barbican_factory("vault", "sqlite")

@@ -34,11 +34,15 @@ def _key_bytes(barbican, creds, href):
 
 
 def _kv_values(openbao):
-    """{path: value} of every secret in Barbican's mount, read with the root token."""
+    """{path: value} of every secret in Barbican's mount with a current version, read with the root token."""
     listed = openbao.api("LIST", f"{openbao.mount}/metadata/", token=openbao.root_token, expect=(200, 404))
-    names = listed["data"]["keys"] if listed else []
-    return {name: openbao.api("GET", f"{openbao.mount}/data/{name}", token=openbao.root_token)["data"]["data"]["value"]
-            for name in names}
+    values = {}
+    for name in listed["data"]["keys"] if listed else []:
+        # A deleted secret stays listed (KV v2 keeps its metadata) and reads 404.
+        read = openbao.api("GET", f"{openbao.mount}/data/{name}", token=openbao.root_token, expect=(200, 404))
+        if read and read["data"]["data"]:
+            values[name] = read["data"]["data"]["value"]
+    return values
 
 
 def _database_bytes(barbican):
