@@ -61,7 +61,7 @@ class OpenBaoServer(ProcessBacked):
         self._ssl = ssl.create_default_context(cafile=self.cacert)
         self.config_path = self.base_dir / "openbao.hcl"
         self.root_token = None
-        self._unseal_key = None
+        self.unseal_key = None
         self.process = None
         self._write_config()
 
@@ -124,14 +124,14 @@ class OpenBaoServer(ProcessBacked):
         wait_for_port("127.0.0.1", self.port, timeout=60, process=self.process)
         if not self.api("GET", "sys/init")["initialized"]:
             answer = self.api("POST", "sys/init", {"secret_shares": 1, "secret_threshold": 1})
-            self._unseal_key, self.root_token = answer["keys_base64"][0], answer["root_token"]
+            self.unseal_key, self.root_token = answer["keys_base64"][0], answer["root_token"]
         if unseal:
             self.unseal()
         return self
 
     def unseal(self):
         """Give the kept unseal key; wait until the server is active."""
-        if self.api("POST", "sys/unseal", {"key": self._unseal_key})["sealed"]:
+        if self.api("POST", "sys/unseal", {"key": self.unseal_key})["sealed"]:
             raise RuntimeError(f"{self.name} is still sealed after its unseal key")
         self._wait_active()
 

