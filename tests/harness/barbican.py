@@ -1,8 +1,9 @@
 """A real Barbican 23 API under uWSGI, authenticated by the harness Keystone.
 
-Two crypto flavours: ``simple_crypto`` (a Fernet KEK generated per instance)
-and ``p11_crypto`` (a private SoftHSM2 token; MKEK and HMAC key checked,
-then generated only when absent).  Three databases: sqlite, MariaDB and
+Three flavours: ``simple_crypto`` (a Fernet KEK generated per instance),
+``p11_crypto`` (a private SoftHSM2 token; MKEK and HMAC key checked, then
+generated only when absent) and ``vault`` (the ``vault_plugin`` secret store
+on a real OpenBao, tests/harness/openbao.py, logged in with an AppRole).  Three databases: sqlite, MariaDB and
 PostgreSQL (the latter through the collection's shim,
 ``roles/barbican/files/teapot_barbican_pg_shim.py``).  ``[queue] enable =
 False`` makes orders complete inside the POST, so no worker is needed.
@@ -18,11 +19,11 @@ from barbicanclient import client as barbican_client
 from cryptography.fernet import Fernet
 
 from tests.harness.keystone import make_session
-from tests.harness.procs import ManagedProcess, free_port
+from tests.harness.procs import ManagedProcess, ProcessBacked, free_port
 from tests.harness.softhsm import SoftHSMToken
 from tests.harness.uwsgi import uwsgi_argv, wait_for_http
 
-FLAVOURS = ("simple_crypto", "p11_crypto")
+FLAVOURS = ("simple_crypto", "p11_crypto", "vault")
 DATABASES = ("sqlite", "mariadb", "postgresql")
 ROLE_FILES = pathlib.Path(__file__).resolve().parents[2] / "roles" / "barbican" / "files"
 
@@ -35,14 +36,17 @@ application = deploy.loadapp("config:" + os.environ["BARBICAN_PASTE_CONFIG"])
 '''
 
 
-class BarbicanService:
+class BarbicanService(ProcessBacked):
     """One Barbican API instance with its own config, database and keys."""
 
     def __init__(self, venv, keystone, base_dir, log_dir, flavour="simple_crypto", database="sqlite",
-                 database_url=None, name="barbican", pg_shim=True, tls_ca=None):
+                 database_url=None, name="barbican", pg_shim=True, tls_ca=None, vault=None):
         """``tls_ca`` (a tests.harness.pki.TestCA): serve HTTPS only, with a certificate it signs."""
         if flavour not in FLAVOURS:
             raise ValueError(f"flavour must be one of {FLAVOURS}, not {flavour!r}")
+        if (flavour == "vault") != (vault is not None):
+            raise ValueError("the vault flavour, and only it, needs vault={url, role_id, secret_id, mount, cacert}")
+        self.vault = vault
         if database not in DATABASES:
             raise ValueError(f"database must be one of {DATABASES}, not {database!r}")
         self.venv = pathlib.Path(venv)
@@ -76,13 +80,25 @@ class BarbicanService:
             env.update(self.token.env())
         return env
 
-    def _crypto_section(self):
-        if self.flavour == "simple_crypto":
+    def _store_section(self):
+        if self.flavour == "vault":
             return (
+                "[secretstore]\nenabled_secretstore_plugins = vault_plugin\n"
+                "[vault_plugin]\n"
+                f"vault_url = {self.vault['url']}\n"
+                f"approle_role_id = {self.vault['role_id']}\n"
+                f"approle_secret_id = {self.vault['secret_id']}\n"
+                f"kv_mountpoint = {self.vault['mount']}\n"
+                "kv_version = 2\n"
+                f"ssl_ca_crt_file = {self.vault['cacert']}\n"
+            )
+        store = "[secretstore]\nenabled_secretstore_plugins = store_crypto\n"
+        if self.flavour == "simple_crypto":
+            return store + (
                 "[crypto]\nenabled_crypto_plugins = simple_crypto\n"
                 f"[simple_crypto_plugin]\nkek = {Fernet.generate_key().decode('ascii')}\n"
             )
-        return (
+        return store + (
             "[crypto]\nenabled_crypto_plugins = p11_crypto\n"
             "[p11_crypto_plugin]\n"
             f"library_path = {self.token.library_path}\n"
@@ -124,11 +140,9 @@ class BarbicanService:
             f"region_name = {self.keystone.region_name}\n"
             "interface = public\n"
             + (f"cafile = {self.keystone.cacert}\n" if self.keystone.cacert else "")
-            + "[secretstore]\n"
-            "enabled_secretstore_plugins = store_crypto\n"
-            + self._crypto_section()
+            + self._store_section()
         )
-        # The file holds the KEK or PIN and the service password: owner only.
+        # The file holds the KEK, PIN or AppRole secret id and the service password: owner only.
         fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -187,16 +201,6 @@ class BarbicanService:
         self.process = ManagedProcess(self.name, argv, self.log_path, env=self._env(), cwd=self.base_dir).start()
         wait_for_http(self.url + "/", timeout=180, process=self.process, verify=self.cacert or True)
         return self
-
-    def stop(self):
-        if self.process is not None:
-            self.process.stop()
-
-    def running(self):
-        return self.process is not None and self.process.running()
-
-    def log_tail(self, lines=60):
-        return self.process.log_tail(lines) if self.process is not None else ""
 
     # -- clients -----------------------------------------------------------
 

@@ -121,6 +121,27 @@ class PlaybookRunner:
         return PlaybookRun(completed.returncode, completed.stdout, completed.stderr, results)
 
 
+def render_barbican_config(runner, tmp_path, settings):
+    """Write ``tmp_path/home/.barbican/barbican.conf`` from the barbican role's own variables and template
+    with ``settings`` as extra vars; return the environment of Barbican's processes the role would set."""
+    role = REPO / "roles" / "barbican"
+    tasks = [
+        {"name": "defaults", "ansible.builtin.include_vars": {"file": str(role / "defaults" / "main.yml")}},
+        {"name": "vars", "ansible.builtin.include_vars": {"file": str(role / "vars" / "main.yml")}},
+        {"name": "config", "ansible.builtin.template": {"src": str(role / "templates" / "barbican.conf.j2"),
+                                                        "dest": str(tmp_path / "home" / ".barbican" / "barbican.conf"),
+                                                        "mode": "0600"},
+         "vars": {"_barbican_config": "{{ _barbican_config_assembled }}"}},
+        {"name": "environment", "ansible.builtin.copy": {"content": "{{ _barbican_environment | to_json }}",
+                                                         "dest": str(tmp_path / "environment.json"), "mode": "0600"}},
+    ]
+    (tmp_path / "home" / ".barbican").mkdir(parents=True)
+    run = runner.run(tasks, extra_vars=settings)
+    if run.returncode != 0:
+        raise RuntimeError(f"rendering barbican.conf with the barbican role's template failed:\n{run.output[-4000:]}")
+    return json.loads((tmp_path / "environment.json").read_text(encoding="utf-8"))
+
+
 def _results(stdout):
     start = stdout.find("{")
     if start < 0:

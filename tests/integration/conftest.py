@@ -9,6 +9,8 @@ key-manager endpoint), ``barbican_p11`` (p11_crypto on SoftHSM2, sqlite),
 ``barbican_factory(flavour=..., database=...)`` (a new instance per call),
 the same over HTTPS only (``keystone_tls``, ``barbican_tls``,
 ``barbican_p11_tls``, ``barbican_tls_factory``, certificates of ``service_ca``),
+``openbao`` (a real OpenBao: raft, TLS, initialised, unsealed, with Barbican's
+KV v2 mount and AppRole), ``barbican_vault`` (Barbican's vault_plugin on it),
 ``mariadb``, ``postgresql``, ``etcd`` and ``etcd_tls`` (client certificates, as kubeadm sets it up).
 
 Under pytest-xdist (``make integration`` runs ``-n 2 --dist loadgroup``) each
@@ -32,6 +34,7 @@ from tests.harness.cache import cache_dir
 from tests.harness.databases import MariaDBServer, PostgreSQLServer
 from tests.harness.etcd import EtcdServer
 from tests.harness.keystone import KeystoneService
+from tests.harness.openbao import OpenBaoServer
 from tests.harness.pki import TestCA
 from tests.harness.venvs import ensure_venvs
 
@@ -203,12 +206,14 @@ def keystone_tls(service_venvs, service_ca, tmp_path_factory, harness_log_dir):
         service.stop()
 
 
-def _barbican_factory(service_venvs, keystone, harness_servers, tmp_path_factory, harness_log_dir, tls_ca=None):
+def _barbican_factory(request, service_venvs, keystone, harness_servers, tmp_path_factory, harness_log_dir, tls_ca=None):
     started = []
     numbers = itertools.count(1)
     prefix = "barbican-tls" if tls_ca else "barbican"
 
-    def factory(flavour="simple_crypto", database="sqlite", pg_shim=True, register_in_catalog=False):
+    def factory(flavour="simple_crypto", database="sqlite", pg_shim=True, register_in_catalog=False, vault=None):
+        if flavour == "vault" and vault is None:
+            vault = openbao_settings(request.getfixturevalue("openbao"))
         number = next(numbers)
         name = f"{prefix}-{number}-{flavour.replace('_', '-')}-{database}"
         database_url = None
@@ -219,6 +224,7 @@ def _barbican_factory(service_venvs, keystone, harness_servers, tmp_path_factory
         service = BarbicanService(
             service_venvs["barbican"], keystone, tmp_path_factory.mktemp(name), harness_log_dir,
             flavour=flavour, database=database, database_url=database_url, name=name, pg_shim=pg_shim, tls_ca=tls_ca,
+            vault=vault,
         )
         started.append(_track(service))
         service.start()
@@ -230,14 +236,16 @@ def _barbican_factory(service_venvs, keystone, harness_servers, tmp_path_factory
 
 
 @pytest.fixture(scope="session")
-def barbican_factory(service_venvs, keystone, harness_servers, tmp_path_factory, harness_log_dir):
+def barbican_factory(request, service_venvs, keystone, harness_servers, tmp_path_factory, harness_log_dir):
     """Return a callable that starts a new Barbican instance, stopped at session end.
 
-    ``barbican_factory(flavour="simple_crypto"|"p11_crypto",
+    ``barbican_factory(flavour="simple_crypto"|"p11_crypto"|"vault",
     database="sqlite"|"mariadb"|"postgresql", pg_shim=True,
-    register_in_catalog=False)``.
+    register_in_catalog=False, vault=None)``; ``vault`` (for the vault
+    flavour) is ``{url, role_id, secret_id, mount, cacert}``, by default the
+    session's ``openbao`` and its AppRole.
     """
-    factory, started = _barbican_factory(service_venvs, keystone, harness_servers, tmp_path_factory, harness_log_dir)
+    factory, started = _barbican_factory(request, service_venvs, keystone, harness_servers, tmp_path_factory, harness_log_dir)
     try:
         yield factory
     finally:
@@ -246,9 +254,10 @@ def barbican_factory(service_venvs, keystone, harness_servers, tmp_path_factory,
 
 
 @pytest.fixture(scope="session")
-def barbican_tls_factory(service_venvs, keystone_tls, service_ca, harness_servers, tmp_path_factory, harness_log_dir):
+def barbican_tls_factory(request, service_venvs, keystone_tls, service_ca, harness_servers, tmp_path_factory,
+                         harness_log_dir):
     """Like ``barbican_factory``, for Barbican instances over HTTPS only, behind ``keystone_tls``."""
-    factory, started = _barbican_factory(service_venvs, keystone_tls, harness_servers, tmp_path_factory, harness_log_dir,
+    factory, started = _barbican_factory(request, service_venvs, keystone_tls, harness_servers, tmp_path_factory, harness_log_dir,
                                          tls_ca=service_ca)
     try:
         yield factory
@@ -279,3 +288,27 @@ def barbican(barbican_factory):
 def barbican_p11(barbican_factory):
     """Barbican with p11_crypto on a SoftHSM2 token, sqlite."""
     return barbican_factory("p11_crypto", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory, harness_log_dir):
+    """OpenBao on raft with TLS, unsealed; ``approle`` holds Barbican's (role_id, secret_id)."""
+    server = _track(OpenBaoServer(ensure_venvs("openbao")["openbao"], tmp_path_factory.mktemp("openbao"), harness_log_dir))
+    try:
+        server.start()
+        server.approle = server.prepare_barbican()
+        yield server
+    finally:
+        server.stop()
+
+
+def openbao_settings(server):
+    """The ``vault`` settings of a Barbican on ``server`` (an OpenBaoServer), logged in with its AppRole."""
+    role_id, secret_id = server.approle
+    return {"url": server.url, "role_id": role_id, "secret_id": secret_id, "mount": server.mount, "cacert": server.cacert}
+
+
+@pytest.fixture(scope="session")
+def barbican_vault(barbican_factory):
+    """Barbican with the vault_plugin secret store on ``openbao``, logged in with its AppRole, sqlite."""
+    return barbican_factory("vault", "sqlite")

@@ -18,7 +18,7 @@ import subprocess
 import pytest
 
 from tests.harness.pki import TestCA
-from tests.harness.playbook import REPO, PlaybookRunner
+from tests.harness.playbook import PlaybookRunner, render_barbican_config
 from tests.harness.venvs import ensure_venv
 
 pytestmark = pytest.mark.slow
@@ -47,25 +47,6 @@ def _closed_port():
         return sock.getsockname()[1]
 
 
-def _render_config(runner, tmp_path, settings):
-    """barbican.conf and the process environment, from the barbican role's own variables and template."""
-    role = REPO / "roles" / "barbican"
-    tasks = [
-        {"name": "defaults", "ansible.builtin.include_vars": {"file": str(role / "defaults" / "main.yml")}},
-        {"name": "vars", "ansible.builtin.include_vars": {"file": str(role / "vars" / "main.yml")}},
-        {"name": "config", "ansible.builtin.template": {"src": str(role / "templates" / "barbican.conf.j2"),
-                                                        "dest": str(tmp_path / "home" / ".barbican" / "barbican.conf"),
-                                                        "mode": "0600"},
-         "vars": {"_barbican_config": "{{ _barbican_config_assembled }}"}},
-        {"name": "environment", "ansible.builtin.copy": {"content": "{{ _barbican_environment | to_json }}",
-                                                         "dest": str(tmp_path / "environment.json"), "mode": "0600"}},
-    ]
-    (tmp_path / "home" / ".barbican").mkdir(parents=True)
-    run = runner.run(tasks, extra_vars=settings)
-    assert run.returncode == 0, run.output
-    return json.loads((tmp_path / "environment.json").read_text(encoding="utf-8"))
-
-
 def test_dogtag_plugin_loads_the_rendered_config(tmp_path):
     venv = ensure_venv("barbican-dogtag")
     runner = PlaybookRunner(tmp_path / "playbooks")
@@ -81,7 +62,7 @@ def test_dogtag_plugin_loads_the_rendered_config(tmp_path):
         "barbican_dogtag_nss_password": "nss-secret",
         "barbican_dogtag_retries": 5,
     }
-    environment = _render_config(runner, tmp_path, settings)
+    environment = render_barbican_config(runner, tmp_path, settings)
     assert environment["KEY_WRAP_PARAMETER_SET"] == "1"
     (tmp_path / "data").mkdir()
 

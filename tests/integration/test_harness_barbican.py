@@ -1,4 +1,4 @@
-"""The harness's real Barbican: every crypto flavour on every database.
+"""The harness's real Barbican: every flavour (simple_crypto, p11_crypto, vault on OpenBao) on every database.
 
 Each case orders AES-256 keys as ``kms-plugin`` (Keystone password auth,
 python-barbicanclient on a keystoneauth1 session) and reads the payloads
@@ -38,6 +38,8 @@ def fixture_instance(request, barbican_factory):
         return request.getfixturevalue("barbican")
     if (flavour, database) == ("p11_crypto", "sqlite"):
         return request.getfixturevalue("barbican_p11")
+    if (flavour, database) == ("vault", "sqlite"):
+        return request.getfixturevalue("barbican_vault")
     if request.param not in _INSTANCES:
         _INSTANCES[request.param] = barbican_factory(flavour, database)
     return _INSTANCES[request.param]
