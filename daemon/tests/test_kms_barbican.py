@@ -17,9 +17,15 @@ REF = keyring.KeyRef.parse("0f6e2f5a-8a51-4f4e-8f27-8c1f7d3b2a10")
 
 
 class _Session:
+    catalog_endpoint = "https://barbican.example:9311"
+
     def __init__(self, auth_error=None):
         self.auth_error = auth_error
         self.auth_calls = 0
+
+    def get_endpoint(self, service_type=None, region_name=None, interface=None):
+        assert service_type == "key-manager"
+        return _Session.catalog_endpoint
 
     def get_auth_headers(self):
         self.auth_calls += 1
@@ -113,3 +119,35 @@ def test_text_payload_is_refused_without_quoting_it(fetcher, monkeypatch):
     error = _fail(fetcher)
     assert error.reason == "bad_key" and "text payload" in str(error)
     assert "\u20ac" not in str(error) and "kkkk" not in str(error)
+
+
+@pytest.mark.parametrize("catalog_endpoint, refused", [
+    ("http://barbican.example:9311", True),
+    ("https://barbican.example:9311", False),
+    ("http://127.0.0.1:9311", False),
+])
+def test_plain_http_catalog_endpoint_is_refused(monkeypatch, catalog_endpoint, refused):
+    monkeypatch.setattr(_Session, "catalog_endpoint", catalog_endpoint)
+    monkeypatch.setattr(barbican, "_session", lambda _cfg: (_Session(), None, "RegionOne", "public"))
+    monkeypatch.setattr(barbican.barbican_client, "Client", _Client)
+    monkeypatch.setattr(_Client, "error", None)
+    cfg = config.BarbicanConfig(auth={"auth_url": "https://keystone.example:5000/v3", "username": "kms",
+                                      "password": PASSWORD, "project_name": "kms"})
+    fetch = barbican.BarbicanFetcher(cfg)
+    if not refused:
+        assert fetch(REF) == _Client.payload
+        return
+    error = _fail(fetch)
+    assert error.reason == "config"
+    assert "the Keystone catalog's key-manager endpoint: 'http://barbican.example:9311' is plain http" in str(error)
+    assert PASSWORD not in str(error)
+
+
+def test_plain_http_catalog_endpoint_allowed_when_asked(monkeypatch):
+    monkeypatch.setattr(_Session, "catalog_endpoint", "http://barbican.example:9311")
+    monkeypatch.setattr(barbican, "_session", lambda _cfg: (_Session(), None, "RegionOne", "public"))
+    monkeypatch.setattr(barbican.barbican_client, "Client", _Client)
+    monkeypatch.setattr(_Client, "error", None)
+    cfg = config.BarbicanConfig(auth={"auth_url": "https://keystone.example:5000/v3", "username": "kms",
+                                      "password": PASSWORD, "project_name": "kms"}, allow_insecure_http=True)
+    assert barbican.BarbicanFetcher(cfg)(REF) == _Client.payload

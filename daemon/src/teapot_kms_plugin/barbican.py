@@ -113,6 +113,13 @@ class BarbicanFetcher:
     def _get_client(self, session, endpoint, region_name, interface):
         with self._lock:
             if self._client is None:
+                if endpoint is None and not self._cfg.allow_insecure_http:
+                    # The catalog's key-manager endpoint gets the same refusal as a configured one.
+                    endpoint = session.get_endpoint(service_type="key-manager", region_name=region_name,
+                                                    interface=interface)
+                    refusal = insecure_http_refusal(endpoint, "the Keystone catalog's key-manager endpoint")
+                    if refusal:
+                        raise FetchError(refusal, "config")
                 # Constructing the client negotiates the API microversion (a request).
                 self._client = barbican_client.Client(
                     session=session,
@@ -159,6 +166,8 @@ class BarbicanFetcher:
             client = self._get_client(*session)
             # With the content type given, reading the payload is one GET .../payload.
             payload = client.secrets.get(ref.ref, payload_content_type=PAYLOAD_CONTENT_TYPE).payload
+        except FetchError:
+            raise
         except Exception as exc:  # pylint: disable=broad-exception-caught
             message, reason = _describe(exc)
             if reason in ("unreachable", "endpoint", "error"):
