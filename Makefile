@@ -87,7 +87,10 @@ integration: venv
 # server is not packaged for Debian, see its README): left out here, run it
 # with `make molecule-dogtag`.
 MOLECULE_EXTERNAL_SCENARIOS := dogtag
-MOLECULE_SCENARIOS := $(filter-out $(MOLECULE_EXTERNAL_SCENARIOS),$(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
+# The longest start first, so that the short ones fill the gaps.
+MOLECULE_LONGEST_FIRST := default keystone_barbican_ha openbao
+MOLECULE_FOUND := $(filter-out $(MOLECULE_EXTERNAL_SCENARIOS),$(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
+MOLECULE_SCENARIOS := $(filter $(MOLECULE_FOUND),$(MOLECULE_LONGEST_FIRST)) $(filter-out $(MOLECULE_LONGEST_FIRST),$(MOLECULE_FOUND))
 MOLECULE_JOBS ?= 2
 
 molecule: venv collection-link
