@@ -22,6 +22,7 @@ other, grouped by module so that a module's fixtures start once too.  The
 workers share one run id; each logs below its own directory.
 """
 
+import contextlib
 import itertools
 import os
 import time
@@ -206,7 +207,9 @@ def keystone_tls(service_venvs, service_ca, tmp_path_factory, harness_log_dir):
         service.stop()
 
 
+@contextlib.contextmanager
 def _barbican_factory(request, service_venvs, keystone, harness_servers, tmp_path_factory, harness_log_dir, tls_ca=None):
+    """A factory of Barbican instances behind ``keystone``; every instance it started is stopped on exit."""
     started = []
     numbers = itertools.count(1)
     prefix = "barbican-tls" if tls_ca else "barbican"
@@ -232,7 +235,11 @@ def _barbican_factory(request, service_venvs, keystone, harness_servers, tmp_pat
             keystone.register_key_manager(service.url)
         return service
 
-    return factory, started
+    try:
+        yield factory
+    finally:
+        for service in reversed(started):
+            service.stop()
 
 
 @pytest.fixture(scope="session")
@@ -245,25 +252,17 @@ def barbican_factory(request, service_venvs, keystone, harness_servers, tmp_path
     flavour) is ``{url, role_id, secret_id, mount, cacert}``, by default the
     session's ``openbao`` and its AppRole.
     """
-    factory, started = _barbican_factory(request, service_venvs, keystone, harness_servers, tmp_path_factory, harness_log_dir)
-    try:
+    with _barbican_factory(request, service_venvs, keystone, harness_servers, tmp_path_factory, harness_log_dir) as factory:
         yield factory
-    finally:
-        for service in reversed(started):
-            service.stop()
 
 
 @pytest.fixture(scope="session")
 def barbican_tls_factory(request, service_venvs, keystone_tls, service_ca, harness_servers, tmp_path_factory,
                          harness_log_dir):
     """Like ``barbican_factory``, for Barbican instances over HTTPS only, behind ``keystone_tls``."""
-    factory, started = _barbican_factory(request, service_venvs, keystone_tls, harness_servers, tmp_path_factory, harness_log_dir,
-                                         tls_ca=service_ca)
-    try:
+    with _barbican_factory(request, service_venvs, keystone_tls, harness_servers, tmp_path_factory, harness_log_dir,
+                           tls_ca=service_ca) as factory:
         yield factory
-    finally:
-        for service in reversed(started):
-            service.stop()
 
 
 @pytest.fixture(scope="session")
