@@ -10,6 +10,7 @@ import os
 import pathlib
 import platform
 import shutil
+import subprocess
 
 from tests.harness.collection import make_importable
 from tests.harness.pki import TestCA
@@ -36,6 +37,7 @@ class EtcdServer:
         scheme = "https" if tls else "http"
         self.endpoints = [f"{scheme}://127.0.0.1:{self.client_port}"]
         self.process = None
+        self.restore_from = None
         self.ca_path = self.client_cert = self.client_key = None
         self.foreign_ca_path = self.foreign_client_cert = self.foreign_client_key = None
         self._server_cert = self._server_key = None
@@ -58,10 +60,16 @@ class EtcdServer:
     def start(self):
         binary = shutil.which("etcd") or ETCD_BINARY
         data_dir = self.base_dir / "data"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        data_dir.chmod(0o700)
         peer_url = f"http://127.0.0.1:{self.peer_port}"
         env = dict(os.environ)
+        if self.restore_from is not None and not data_dir.exists():
+            # A snapshot becomes this member's data directory, as an operator restores a backup.
+            subprocess.run(["etcdctl", "snapshot", "restore", str(self.restore_from), "--data-dir", str(data_dir),
+                            "--name", self.name, "--initial-cluster", f"{self.name}={peer_url}",
+                            "--initial-advertise-peer-urls", peer_url], env=dict(env, ETCDCTL_API="3"),
+                           check=True, capture_output=True)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.chmod(0o700)
         if platform.machine() not in ("x86_64", "AMD64"):
             # etcd 3.4 refuses to start on arches it calls unsupported unless told to.
             env["ETCD_UNSUPPORTED_ARCH"] = {"aarch64": "arm64"}.get(platform.machine(), platform.machine())
@@ -107,6 +115,11 @@ class EtcdServer:
         if self.tls:
             env.update(ETCDCTL_CACERT=str(self.ca_path), ETCDCTL_CERT=str(self.client_cert), ETCDCTL_KEY=str(self.client_key))
         return env
+
+    def snapshot(self, path):
+        """Save a snapshot of the keyspace to ``path`` with etcdctl, as a backup of a control plane does."""
+        subprocess.run(["etcdctl", "snapshot", "save", str(path)], env=self.etcdctl_env(), check=True, capture_output=True)
+        return pathlib.Path(path)
 
     def stop(self):
         if self.process is not None:

@@ -16,6 +16,11 @@ from the plugins, etcd and the nodes' state files, and run again until it
 completes: every object rewritten under the new key, none left under the old
 one, the old key gone from every keyring, every object still readable through
 both stand-ins, the same plugin processes serving throughout.
+
+An etcd snapshot taken before the rotation is then restored into an etcd of its
+own: the audit of the restored keyspace names the old key_id (the key its
+backup needs), and a node whose plugin holds only that kept key reads every
+object of the snapshot back through its stand-in.
 """
 
 import base64
@@ -28,6 +33,7 @@ import kubernetes.client
 import pytest
 import yaml
 
+from tests.harness.etcd import EtcdServer
 from tests.harness.playbook import PlaybookRunner
 from tests.harness.plugin_daemon import PluginProcess, order_kek, password_barbican_section, plugin_venv
 from tests.harness.procs import free_port
@@ -116,7 +122,7 @@ def failure(run):
     return " ".join(str(result.get("msg", "")) for _name, result in run.results if result.get("failed"))
 
 
-def test_rotation_with_proof_interrupted_and_resumed(nodes, keystone, barbican, etcd_rotation, tmp_path):
+def test_rotation_with_proof_interrupted_and_resumed(nodes, keystone, barbican, etcd_rotation, tmp_path, harness_log_dir):
     runner = PlaybookRunner(tmp_path / "playbooks")
     inventory = {"all": {"children": {"kube_control_plane": {"hosts": {node.name: node.host_vars() for node in nodes}}}}}
     new_name = f"rotation-b-{time.time_ns()}"
@@ -139,9 +145,9 @@ def test_rotation_with_proof_interrupted_and_resumed(nodes, keystone, barbican, 
         return runner.run_playbook("teapot.kms.rotate_key", inventory,
                                    extra_vars=dict(extra_vars, teapot_kms_rotation_stop_after=stop_after))
 
-    def audit():
+    def audit(etcd=etcd_rotation):
         run = runner.run([{"name": "audit", "teapot.kms.secret_encryption_info": {
-            "etcd": etcd_rotation.client_options(), "resources": RESOURCES}}])
+            "etcd": etcd.client_options(), "resources": RESOURCES}}])
         return run.task("audit")["counts"]
 
     # Objects written through node 1's apiserver under key A.
@@ -162,6 +168,10 @@ def test_rotation_with_proof_interrupted_and_resumed(nodes, keystone, barbican, 
     total = len(expected)
     assert audit() == {"secrets": {f"kms-v2/{KMS_NAME}/{old_key_id}": OBJECTS},
                        "configmaps": {f"kms-v2/{KMS_NAME}/{old_key_id}": total - OBJECTS}}
+    # The backup of the control plane before the rotation, and the key it was written with.
+    snapshot = etcd_rotation.snapshot(tmp_path / "etcd-before-rotation.db")
+    old_keyring = nodes[0].keyring()
+    before_rotation = dict(expected)
 
     # Phase 1 only: the new key is ordered and recorded on both nodes; nothing else changed.
     first = rotate(stop_after=1)
@@ -248,3 +258,27 @@ def test_rotation_with_proof_interrupted_and_resumed(nodes, keystone, barbican, 
         for (resource, name), content in expected.items():
             read = api.read_namespaced_secret(name, "app") if resource == "secrets" else api.read_namespaced_config_map(name, "app")
             assert read.data == content, (node.name, resource, name)
+
+    # The snapshot taken before the rotation, restored: its objects reference only the old key_id, and a
+    # node whose plugin holds that kept key (never deleted in Barbican) reads every one of them back.
+    restored = EtcdServer(tmp_path / "etcd-restored", harness_log_dir, name="restored", tls=True)
+    restored.restore_from = snapshot
+    recovery = None
+    try:
+        restored.start()
+        assert audit(restored) == {"secrets": {f"kms-v2/{KMS_NAME}/{old_key_id}": OBJECTS},
+                                   "configmaps": {f"kms-v2/{KMS_NAME}/{old_key_id}": len(before_rotation) - OBJECTS}}
+        recovery = Node("recovery", tmp_path / "recovery", keystone, old_keyring[0], restored)
+        recovery.plugin.start()
+        recovery.standin.start()
+        recovery.standin.wait_health("/readyz")
+        assert recovery.status()["key_id"] == old_key_id
+        api = kubernetes.client.CoreV1Api(recovery.standin.api_client())
+        for (resource, name), content in before_rotation.items():
+            read = api.read_namespaced_secret(name, "app") if resource == "secrets" else api.read_namespaced_config_map(name, "app")
+            assert read.data == content, ("snapshot", resource, name)
+    finally:
+        if recovery is not None:
+            recovery.standin.stop()
+            recovery.plugin.stop()
+        restored.stop()
