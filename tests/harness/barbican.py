@@ -153,7 +153,7 @@ class BarbicanService(ProcessBacked):
 
     def _write_wsgi_entry(self):
         if self.pg_shim:
-            for file_name in ("barbican_wsgi.py", "teapot_barbican_pg_shim.py"):
+            for file_name in ("barbican_wsgi.py", "teapot_barbican_pg_shim.py", "teapot_barbican_openssl.py"):
                 shutil.copy(ROLE_FILES / file_name, self.base_dir / file_name)
         else:
             (self.base_dir / "barbican_wsgi.py").write_text(_UNSHIMMED_WSGI, encoding="utf-8")

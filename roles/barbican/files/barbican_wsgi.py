@@ -4,7 +4,9 @@
 
 Barbican 23 installs no WSGI script, and ``barbican.wsgi.api`` reads its
 paste pipeline from a fixed path.  This entry point applies the PostgreSQL
-shim (``teapot_barbican_pg_shim.py``, kept next to this file) and then builds
+shim (``teapot_barbican_pg_shim.py``, kept next to this file), empties the
+OpenSSL error queue that uWSGI's TLS setup leaves behind
+(``teapot_barbican_openssl.py``, next to this file too), and then builds
 the API from the paste file named by ``BARBICAN_PASTE_CONFIG`` (default
 ``/etc/barbican/barbican-api-paste.ini``).  Serve it with, for instance,
 ``uwsgi --wsgi-file barbican_wsgi.py``.
@@ -19,6 +21,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import teapot_barbican_pg_shim  # noqa: E402
 
 teapot_barbican_pg_shim.apply()
+
+# pylint: disable-next=wrong-import-position
+import teapot_barbican_openssl  # noqa: E402
+
+teapot_barbican_openssl.clear_error_queue()
 
 # pylint: disable-next=wrong-import-position
 from paste import deploy  # noqa: E402
