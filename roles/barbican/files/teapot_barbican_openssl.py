@@ -18,7 +18,8 @@ entry.
 
 import ctypes
 import ctypes.util
-import ssl  # noqa: F401  (loads the libcrypto that Python's ssl module uses)
+# Imported for its side effect: it maps the libcrypto that Python's ssl module uses.
+import ssl  # noqa: F401  # pylint: disable=unused-import
 
 
 def _loaded_libcrypto():
