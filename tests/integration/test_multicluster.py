@@ -115,7 +115,7 @@ def site(runner, keystone, barbican):
     inventory = _inventory(keystone, passwords)
     custodian = {"keystone_kms_custodian_password": keystone.key_custodian.password}
     playbook = _register_playbook(runner, keystone, "register.yml")
-    registered = [runner.run_playbook(playbook, inventory) for _ in range(2)]
+    registered = [runner.run_playbook(playbook, inventory), runner.run_playbook(playbook, inventory)]
     ordered = runner.run_playbook("teapot.kms.order_key", inventory, extra_vars=custodian)
     alpha_again = runner.run_playbook("teapot.kms.order_key", inventory, extra_vars={**custodian, "cluster": "alpha"})
     creds = {name: Credentials(keystone.auth_url, f"kms-plugin-{name}", passwords[name], "kms", cacert=keystone.cacert)
@@ -126,12 +126,8 @@ def site(runner, keystone, barbican):
 
 def _keys(run):
     """The keys a run of teapot.kms.order_key ordered or found, by the cluster of their consumer."""
-    keys = {}
-    for task, result in run.results:
-        for item in result.get("results", [result]) if task == ORDER_TASK else []:
-            if "key" in item:
-                keys[item["key"]["consumers"][0]["resource_id"]] = item["key"]
-    return keys
+    ordered = [result["key"] for task, result in run.results if task == ORDER_TASK and "key" in result]
+    return {key["consumers"][0]["resource_id"]: key for key in ordered}
 
 
 def test_the_role_registers_each_clusters_plugin_user_as_reader(site):

@@ -28,10 +28,7 @@ def _derived(runner, inventory, extra_vars=None):
                            "msg": "{{ _teapot_kms_cluster_plugin_users | map(attribute='name') | list }}"}}]}]
     playbook = runner.workdir / "derive.yml"
     playbook.write_text(yaml.safe_dump(play), encoding="utf-8")
-    if isinstance(inventory, dict):
-        run = runner.run_playbook(playbook, inventory, extra_vars=extra_vars)
-    else:
-        run = runner._run(["-i", str(inventory), str(playbook)], extra_vars, False, False, 120)  # pylint: disable=protected-access
+    run = runner.run_playbook(playbook, inventory, extra_vars=extra_vars, timeout=120)
     assert run.returncode == 0, run.output[-3000:]
     return run.task("clusters")["_teapot_kms_clusters"], run.task("users")["msg"]
 
@@ -45,9 +42,8 @@ def _selected(runner, inventory, extra_vars=None, limit=None):
                         "run_once": True}]}]
     playbook = runner.workdir / "select.yml"
     playbook.write_text(yaml.safe_dump(play), encoding="utf-8")
-    argv = ["-i", str(inventory), str(playbook)] + (["--limit", limit] if limit else [])
-    return runner._run(argv, {**VAULT, "ansible_connection": "local",  # pylint: disable=protected-access
-                              "ansible_python_interpreter": sys.executable, **(extra_vars or {})}, False, False, 120)
+    return runner.run_playbook(playbook, inventory, limit=limit, timeout=120, extra_vars={
+        **VAULT, "ansible_connection": "local", "ansible_python_interpreter": sys.executable, **(extra_vars or {})})
 
 
 def test_the_example_has_a_default_management_cluster_and_two_tenants(runner):
