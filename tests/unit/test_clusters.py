@@ -2,6 +2,8 @@
 (playbooks/_select_cluster.yml, playbooks/tasks/clusters.yml), run with ansible-playbook on the controller only."""
 
 import copy
+import hashlib
+import json
 import sys
 
 import pytest
@@ -129,3 +131,27 @@ def test_clusters_that_share_a_secret_user_or_key_are_refused(runner, tmp_path, 
     assert message in run.output
     for secret in VAULT.values():
         assert secret not in run.output
+
+
+def test_each_host_gets_its_own_clusters_login_and_key(runner):
+    """What deploy_kms_plugin gives each node: its cluster's plugin login and key (the secret only through no_log)."""
+    play = [{"name": "Per host", "hosts": "kube_control_plane", "gather_facts": False,
+             "vars_files": [str(REPO / "playbooks" / "vars" / "site.yml")],
+             "tasks": [{"name": "login", "ansible.builtin.debug": {
+                 "msg": "{{ [_teapot_kms_cluster_name, _teapot_kms_plugin_auth.username, _teapot_kms_kek_name,"
+                        " (kms_plugin_password | default(keystone_kms_password)) | hash('sha256')] }}"}}]}]
+    playbook = runner.workdir / "per-host.yml"
+    playbook.write_text(yaml.safe_dump(play), encoding="utf-8")
+    run = runner.run_playbook(playbook, MULTICLUSTER_EXAMPLE, timeout=120, extra_vars={
+        **VAULT, "ansible_connection": "local", "ansible_python_interpreter": sys.executable})
+    assert run.returncode == 0, run.output[-3000:]
+    by_host = {}
+    for task in json.loads(run.stdout[run.stdout.find("{"):])["plays"][0]["tasks"]:
+        by_host.update({host: result["msg"] for host, result in task["hosts"].items()})
+
+    def expected(cluster, user, kek, password):
+        return [cluster, user, kek, hashlib.sha256(password.encode()).hexdigest()]
+
+    assert by_host["mgmt-cp-2.example.org"] == expected("mgmt", "kms-plugin", "mgmt-kek", "m-secret")
+    assert by_host["tenant-a-cp-3.example.org"] == expected("tenant-a", "kms-plugin-tenant-a", "tenant-a-kek", "a-secret")
+    assert by_host["tenant-b-cp-1.example.org"] == expected("tenant-b", "kms-plugin-tenant-b", "tenant-b-kek", "b-secret")
