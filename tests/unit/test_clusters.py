@@ -113,13 +113,19 @@ def test_a_run_that_cannot_tell_its_cluster_is_refused(runner, extra_vars, messa
     ({"teapot_kms_cluster_name": "tenant-b", "teapot_kms_cluster_plugin_user": "kms-plugin",
       "keystone_kms_password": "{{ vault_keystone_kms_password_tenant_b }}"},
      "Clusters share a plugin user or a key-encryption key"),
-], ids=["password", "key", "user"])
+    ({"teapot_kms_cluster_name": "tenant-b", "teapot_kms_plugin_user_id": "0123abcd",
+      "keystone_kms_password": "{{ vault_keystone_kms_password_tenant_b }}"},
+     "Clusters share a plugin user or a key-encryption key"),
+], ids=["password", "key", "user", "user id"])
 def test_clusters_that_share_a_secret_user_or_key_are_refused(runner, tmp_path, tenant_b_vars, message):
     inventory_dir = tmp_path / "inventory"
     hosts = yaml.safe_load((MULTICLUSTER_EXAMPLE / "hosts.yml").read_text(encoding="utf-8"))
     inventory = copy.deepcopy(hosts)
     inventory["all"]["vars"] = yaml.safe_load((MULTICLUSTER_EXAMPLE / "group_vars" / "all" / "main.yml").read_text())
     inventory["all"]["vars"]["keystone_kms_password"] = "{{ vault_keystone_kms_password }}"
+    if "teapot_kms_plugin_user_id" in tenant_b_vars:
+        # One ID for every cluster, from group_vars/all: every key's ACL would name one user.
+        inventory["all"]["vars"]["teapot_kms_plugin_user_id"] = tenant_b_vars["teapot_kms_plugin_user_id"]
     children = inventory["all"]["children"]["kube_control_plane"]["children"]
     children["tenant_a"]["vars"] = yaml.safe_load(
         (MULTICLUSTER_EXAMPLE / "group_vars" / "tenant_a" / "main.yml").read_text(encoding="utf-8"))
