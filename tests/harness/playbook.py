@@ -83,17 +83,23 @@ class PlaybookRunner:
         argv = ["-i", "localhost,", "-c", "local", str(playbook)]
         return self._run(argv, extra_vars, check, diff, timeout)
 
-    def run_playbook(self, playbook, inventory, extra_vars=None, check=False, diff=False, timeout=600, json_output=True):
+    def run_playbook(self, playbook, inventory, extra_vars=None, check=False, diff=False, timeout=600, json_output=True,
+                     limit=None):
         """Run a playbook of the collection (``teapot.kms.verify``) or a path against ``inventory``.
 
-        ``inventory`` is a YAML inventory as a dict (groups, hosts, vars).  With
-        ``json_output=False`` the default callback writes what a user sees; the
-        results are then empty.
+        ``inventory`` is a YAML inventory as a dict (groups, hosts, vars), or
+        the path of an inventory file or directory.  With ``json_output=False``
+        the default callback writes what a user sees; the results are then
+        empty.  ``limit``: ``--limit``.
         """
         self._count += 1
-        inventory_file = self.workdir / f"inventory-{self._count}.yml"
-        inventory_file.write_text(yaml.safe_dump(inventory, sort_keys=False), encoding="utf-8")
-        return self._run(["-i", str(inventory_file), str(playbook)], extra_vars, check, diff, timeout, json_output)
+        if isinstance(inventory, dict):
+            inventory_file = self.workdir / f"inventory-{self._count}.yml"
+            inventory_file.write_text(yaml.safe_dump(inventory, sort_keys=False), encoding="utf-8")
+        else:
+            inventory_file = inventory
+        argv = ["-i", str(inventory_file), str(playbook)] + (["--limit", limit] if limit else [])
+        return self._run(argv, extra_vars, check, diff, timeout, json_output)
 
     def local_inventory(self, groups):
         """An inventory with localhost, connection local, as the only host of each of ``groups``."""

