@@ -13,15 +13,26 @@ plugin credentials, through keystoneauth1 and python-barbicanclient as the
 plugin daemon uses them, a cluster reads its own key and gets 403 on
 everything of the other's; the real plugin daemon of each cluster loads its
 own key and cannot load the other's.
+
+Then each cluster gets a control-plane node of its own (its plugin daemon and a
+kube-apiserver STAND-IN, tests/harness/control_plane.py, on an etcd of its
+own), and ``teapot.kms.rotate_key -e cluster=alpha`` rotates alpha's key with
+the inventory of both clusters: alpha's objects move to the new key, which
+only alpha's user can read; beta's plugin, keyring and objects stay as they
+were (audited from both etcds).
 """
 
+import base64
 import secrets
 import sys
+import time
 import uuid
 
+import kubernetes.client
 import pytest
 import yaml
 
+from tests.harness.control_plane import KMS_NAME, ControlPlaneNode
 from tests.harness.keystone import Credentials, make_session
 from tests.harness.playbook import REPO, PlaybookRunner
 from tests.harness.plugin_daemon import first_status
@@ -222,3 +233,80 @@ def test_two_clusters_with_one_password_are_refused(site, runner, keystone):
     assert run.returncode != 0
     assert "Two clusters' plugin users have the same password" in run.output
     assert site["passwords"]["alpha"] not in run.output
+
+
+def _audit(runner, etcd):
+    run = runner.run([{"name": "audit", "teapot.kms.secret_encryption_info": {
+        "etcd": etcd.client_options(), "resources": ["secrets"]}}])
+    return run.task("audit")["counts"]
+
+
+def test_rotating_one_cluster_leaves_the_other_as_it_was(site, keystone, barbican, runner, harness_servers, tmp_path):
+    keys = _keys(site["ordered"])
+    etcds = {name: harness_servers.etcd_tls(f"multicluster-{name}") for name in CLUSTERS}
+    nodes = {}
+    try:
+        for name in CLUSTERS:
+            nodes[name] = ControlPlaneNode(f"{name}-cp-1", tmp_path / name, site["creds"][name], keystone.region_name,
+                                           keys[name]["href"], etcds[name], ["secrets"]).start()
+        expected = {}
+        for name, node in nodes.items():
+            core = kubernetes.client.CoreV1Api(node.standin.api_client())
+            for index in range(5):
+                marker = f"MARKER-{name}-{index}"
+                core.create_namespaced_secret("app", kubernetes.client.V1Secret(
+                    metadata=kubernetes.client.V1ObjectMeta(name=f"obj-{index}"), string_data={"marker": marker}))
+                expected[(name, f"obj-{index}")] = {"marker": base64.b64encode(marker.encode()).decode()}
+        for name in CLUSTERS:
+            assert _audit(runner, etcds[name]) == {"secrets": {f"kms-v2/{KMS_NAME}/{keys[name]['key_id']}": 5}}
+        beta_before = {"status": nodes["beta"].status(), "keyring": nodes["beta"].keyring(),
+                       "config": nodes["beta"].plugin.config_path.read_bytes()}
+
+        # Both clusters in the inventory, each node with its own plugin paths, stand-in and etcd.
+        inventory = _inventory(keystone, site["passwords"])
+        for name, node in nodes.items():
+            group = inventory["all"]["children"]["kube_control_plane"]["children"][name]
+            group["hosts"] = {node.name: node.host_vars()}
+            group["vars"].update({
+                "teapot_kms_rotation_etcd": etcds[name].client_options(),
+                "teapot_kms_reencrypt_kubeconfig": str(node.standin.kubeconfig),
+                "teapot_kms_reencrypt_state_file": str(tmp_path / f"{name}-reencrypt-state.json"),
+                "teapot_kms_reencrypt_progress_log": str(tmp_path / f"{name}-reencrypt.log")})
+        new_name = f"alpha-kek-{time.time_ns()}"
+        run = runner.run_playbook("teapot.kms.rotate_key", inventory, extra_vars={
+            **site["custodian"], "cluster": "alpha", "teapot_kms_rotation_new_key_name": new_name,
+            "teapot_kms_rotation_become": False, "teapot_kms_rotation_audit_delay": 1, "kube_encryption_resources": ["secrets"],
+            "teapot_kms_reencrypt_install_client": False, "teapot_kms_reencrypt_python": sys.executable,
+            "teapot_kms_reencrypt_become": False, "teapot_kms_reencrypt_qps": 0, "teapot_kms_reencrypt_poll": 1})
+        assert run.returncode == 0, run.output[-4000:]
+        for password in site["passwords"].values():
+            assert password not in run.output
+
+        # alpha: the new key everywhere, its objects rewritten under it, readable by alpha's user only.
+        state = nodes["alpha"].state()
+        new_key_id, new_href = state["new_key"]["key_id"], state["new_key"]["href"]
+        assert state["phase"] == 6 and new_key_id != keys["alpha"]["key_id"]
+        assert nodes["alpha"].status()["key_id"] == new_key_id and nodes["alpha"].keyring() == [new_href]
+        assert _audit(runner, etcds["alpha"]) == {"secrets": {f"kms-v2/{KMS_NAME}/{new_key_id}": 5}}
+        custodian = barbican.client(keystone.key_custodian)
+        assert custodian.acls.get(new_href).read.users == [make_session(site["creds"]["alpha"]).get_user_id()]
+        beta_session = make_session(site["creds"]["beta"])
+        refused = beta_session.get(f"{new_href}/payload", headers={"Accept": "application/octet-stream"}, raise_exc=False)
+        assert refused.status_code == 403
+
+        # beta: the same plugin process, key, keyring, configuration and objects; no rotation state.
+        beta_status = nodes["beta"].status()
+        assert (beta_status["pid"], beta_status["key_id"]) == (beta_before["status"]["pid"], keys["beta"]["key_id"])
+        assert nodes["beta"].keyring() == beta_before["keyring"] == [keys["beta"]["href"]]
+        assert nodes["beta"].plugin.config_path.read_bytes() == beta_before["config"]
+        assert not nodes["beta"].state_file.exists()
+        assert _audit(runner, etcds["beta"]) == {"secrets": {f"kms-v2/{KMS_NAME}/{keys['beta']['key_id']}": 5}}
+
+        # Every object of both clusters reads back through its own cluster's stand-in.
+        for name, node in nodes.items():
+            api = kubernetes.client.CoreV1Api(node.standin.api_client())
+            for index in range(5):
+                assert api.read_namespaced_secret(f"obj-{index}", "app").data == expected[(name, f"obj-{index}")]
+    finally:
+        for node in nodes.values():
+            node.stop()

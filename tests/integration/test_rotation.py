@@ -25,69 +25,22 @@ object of the snapshot back through its stand-in.
 
 import base64
 import hashlib
-import json
 import sys
 import time
 
 import kubernetes.client
 import pytest
-import yaml
 
+from tests.harness.control_plane import KMS_NAME, ControlPlaneNode
 from tests.harness.etcd import EtcdServer
 from tests.harness.playbook import PlaybookRunner
-from tests.harness.plugin_daemon import PluginProcess, order_kek, password_barbican_section, plugin_venv
-from tests.harness.procs import free_port
-from tests.harness.standin.process import StandinProcess
+from tests.harness.plugin_daemon import order_kek
 
 pytestmark = pytest.mark.slow
 
-KMS_NAME = "teapot"
 RESOURCES = ["secrets", "configmaps"]
 NODES = ("node1", "node2")
 OBJECTS = 30
-
-
-class Node:
-    """One control-plane node: its plugin (config, socket, state dir) and its apiserver stand-in."""
-
-    def __init__(self, name, base_dir, keystone, kek, etcd):
-        self.name = name
-        self.base_dir = base_dir
-        section = password_barbican_section(keystone.plugin_user, base_dir / "plugin", region_name=keystone.region_name)
-        self.plugin = PluginProcess(plugin_venv(), base_dir / "plugin", {
-            "barbican": section, "keys": [kek], "metrics": {"listen": f"127.0.0.1:{free_port()}"},
-            "cache": {"refresh_interval": 300}}, name=f"kms-plugin-{name}")
-        self.encryption_config = base_dir / "encryption.yaml"
-        document = {"apiVersion": "apiserver.config.k8s.io/v1", "kind": "EncryptionConfiguration", "resources": [{
-            "resources": RESOURCES, "providers": [
-                {"kms": {"apiVersion": "v2", "name": KMS_NAME, "endpoint": f"unix://{self.plugin.socket}", "timeout": "5s"}},
-                {"identity": {}}]}]}
-        self.encryption_config.write_text(yaml.safe_dump(document), encoding="utf-8")
-        self.encryption_config.chmod(0o600)
-        self.standin = StandinProcess(base_dir / "standin", etcd.endpoints, self.encryption_config, kms_poll_interval=1,
-                                      kms_healthz_ttl=1, name=f"kube-apiserver-standin-{name}", extra_flags=[
-                                          f"--etcd-cafile={etcd.ca_path}", f"--etcd-certfile={etcd.client_cert}",
-                                          f"--etcd-keyfile={etcd.client_key}"])
-
-    @property
-    def state_file(self):
-        return self.base_dir / "plugin" / "state" / "rotation.json"
-
-    def state(self):
-        return json.loads(self.state_file.read_text(encoding="utf-8"))
-
-    def status(self):
-        return self.plugin.status_command()[1]
-
-    def keyring(self):
-        return yaml.safe_load(self.plugin.config_path.read_text(encoding="utf-8"))["keys"]
-
-    def host_vars(self):
-        return {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
-                "kms_plugin_config_dir": str(self.plugin.base_dir), "kms_plugin_venv_path": str(self.plugin.venv),
-                "kms_plugin_state_dir": self.plugin.config["state_dir"], "kms_plugin_health_delay": 1,
-                "teapot_kms_rotation_apiserver": {"url": self.standin.url, "ca_cert": str(self.standin.pki.cert_path),
-                                                  "tls_server_name": "localhost", "client_cert": "", "token": self.standin.token}}
 
 
 @pytest.fixture(scope="module")
@@ -102,16 +55,14 @@ def nodes(keystone, barbican, etcd_rotation, tmp_path):
     started = []
     try:
         for name in NODES:
-            node = Node(name, tmp_path / name, keystone, kek, etcd_rotation)
+            node = ControlPlaneNode(name, tmp_path / name, keystone.plugin_user, keystone.region_name, kek, etcd_rotation,
+                                    RESOURCES)
             started.append(node)
-            node.plugin.start()
-            node.standin.start()
-            node.standin.wait_health("/readyz")
+            node.start()
         yield started
     finally:
         for node in started:
-            node.standin.stop()
-            node.plugin.stop()
+            node.stop()
 
 
 def results(run, task):
@@ -268,10 +219,8 @@ def test_rotation_with_proof_interrupted_and_resumed(nodes, keystone, barbican, 
         restored.start()
         assert audit(restored) == {"secrets": {f"kms-v2/{KMS_NAME}/{old_key_id}": OBJECTS},
                                    "configmaps": {f"kms-v2/{KMS_NAME}/{old_key_id}": len(before_rotation) - OBJECTS}}
-        recovery = Node("recovery", tmp_path / "recovery", keystone, old_keyring[0], restored)
-        recovery.plugin.start()
-        recovery.standin.start()
-        recovery.standin.wait_health("/readyz")
+        recovery = ControlPlaneNode("recovery", tmp_path / "recovery", keystone.plugin_user, keystone.region_name,
+                                    old_keyring[0], restored, RESOURCES).start()
         assert recovery.status()["key_id"] == old_key_id
         api = kubernetes.client.CoreV1Api(recovery.standin.api_client())
         for (resource, name), content in before_rotation.items():
@@ -279,6 +228,5 @@ def test_rotation_with_proof_interrupted_and_resumed(nodes, keystone, barbican, 
             assert read.data == content, ("snapshot", resource, name)
     finally:
         if recovery is not None:
-            recovery.standin.stop()
-            recovery.plugin.stop()
+            recovery.stop()
         restored.stop()
