@@ -34,54 +34,24 @@ import sys
 import tempfile
 import time
 
-import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-KMS_NAME = "teapot"
 REENCRYPT_TASK = "Rewrite every object through the API server"
 AUDIT_TASK = "Phase 5, audit etcd until no object references the old key_id"
-
-
-def start_node(stack, harness, name, tmp, logs, keystone, kek, etcd):
-    """One node: its plugin and its stand-in (KMS v2 first), started; ``(plugin, standin, host vars)``."""
-    plugin = harness["PluginProcess"](harness["plugin_venv"](), tmp / name / "plugin", {
-        "barbican": harness["password_barbican_section"](keystone.plugin_user, tmp / name / "plugin"), "keys": [kek],
-        "metrics": {"listen": f"127.0.0.1:{harness['free_port']()}"}, "log_level": "warning"}, name=f"kms-plugin-{name}").start()
-    stack.callback(plugin.stop)
-    config = tmp / name / "encryption.yaml"
-    harness["write_config"](config, [{"kms": {"apiVersion": "v2", "name": KMS_NAME, "endpoint": f"unix://{plugin.socket}",
-                                              "timeout": "5s"}}, {"identity": {}}])
-    standin = harness["StandinProcess"](tmp / name / "standin", etcd.endpoints, config, kms_poll_interval=1,
-                                        log_path=logs / f"standin-{name}.log", name=f"kube-apiserver-standin-{name}", extra_flags=[
-                                            f"--etcd-cafile={etcd.ca_path}", f"--etcd-certfile={etcd.client_cert}",
-                                            f"--etcd-keyfile={etcd.client_key}", "--standin-log-level=WARNING"])
-    standin.start()
-    stack.callback(standin.stop)
-    standin.wait_health("/readyz")
-    host_vars = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
-                 "kms_plugin_config_dir": str(plugin.base_dir), "kms_plugin_venv_path": str(plugin.venv),
-                 "kms_plugin_state_dir": plugin.config["state_dir"], "kms_plugin_health_delay": 1,
-                 "teapot_kms_rotation_apiserver": {"url": standin.url, "ca_cert": str(standin.pki.cert_path),
-                                                   "tls_server_name": "localhost", "client_cert": "", "token": standin.token}}
-    return plugin, standin, host_vars
 
 
 def controller(args):
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "bench"))
     # pylint: disable=import-outside-toplevel
-    from reencrypt_bench import create_secrets, write_config
+    from reencrypt_bench import create_secrets
     from tests.harness.barbican import BarbicanService
     from tests.harness.cache import cache_dir
+    from tests.harness.control_plane import KMS_NAME, ControlPlaneNode
     from tests.harness.etcd import EtcdServer
     from tests.harness.keystone import KeystoneService
     from tests.harness.playbook import PlaybookRunner
-    from tests.harness.plugin_daemon import PluginProcess, order_kek, password_barbican_section, plugin_venv
-    from tests.harness.procs import free_port
-    from tests.harness.standin.process import StandinProcess
-
-    harness = {"PluginProcess": PluginProcess, "plugin_venv": plugin_venv, "password_barbican_section": password_barbican_section,
-               "free_port": free_port, "write_config": write_config, "StandinProcess": StandinProcess}
+    from tests.harness.plugin_daemon import order_kek
     out_dir = cache_dir("bench")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     logs = cache_dir("bench", f"logs-{stamp}")
@@ -95,15 +65,20 @@ def controller(args):
         kek = order_kek(barbican, keystone.plugin_user, f"rotation-bench-a-{stamp}")
         etcd = EtcdServer(tmp / "etcd", logs, name="rotation-bench", tls=True).start()
         stack.callback(etcd.stop)
-        nodes = {name: start_node(stack, harness, name, tmp, logs, keystone, kek, etcd) for name in ("node1", "node2")}
-        first_standin = nodes["node1"][1]
+        nodes = {}
+        for name in ("node1", "node2"):
+            nodes[name] = ControlPlaneNode(name, tmp / name, keystone.plugin_user, keystone.region_name, kek, etcd, ["secrets"],
+                                           quiet=True, log_dir=logs)
+            stack.callback(nodes[name].stop)
+            nodes[name].start()
+        first_standin = nodes["node1"].standin
 
         started = time.perf_counter()
         create_secrets(first_standin, args.objects, args.data_bytes)
         print(f"created {args.objects} Secrets under key A in {time.perf_counter() - started:.1f}s", file=sys.stderr)
 
         runner = PlaybookRunner(tmp / "playbooks")
-        inventory = {"all": {"children": {"kube_control_plane": {"hosts": {name: node[2] for name, node in nodes.items()}}}}}
+        inventory = {"all": {"children": {"kube_control_plane": {"hosts": {name: node.host_vars() for name, node in nodes.items()}}}}}
         extra_vars = {
             "teapot_kms_rotation_become": False, "teapot_kms_rotation_new_key_name": f"rotation-bench-b-{stamp}",
             "teapot_kms_keystone_url": keystone.auth_url, "teapot_kms_region_name": keystone.region_name,
@@ -124,12 +99,12 @@ def controller(args):
             raise RuntimeError(f"the rotation failed:\n{run.output[-4000:]}")
         reencrypt = run.task(REENCRYPT_TASK)
         audit = run.task(AUDIT_TASK)
-        state = json.loads((pathlib.Path(nodes["node1"][0].config["state_dir"]) / "rotation.json").read_text(encoding="utf-8"))
+        state = nodes["node1"].state()
         new_key_id = state["new_key"]["key_id"]
         if audit["counts"]["secrets"] != {f"kms-v2/{KMS_NAME}/{new_key_id}": args.objects}:
             raise RuntimeError(f"the audit does not show every object under the new key: {audit['counts']}")
-        for name, (plugin, _standin, _vars) in nodes.items():
-            keys = yaml.safe_load(plugin.config_path.read_text(encoding="utf-8"))["keys"]
+        for name, node in nodes.items():
+            keys = node.keyring()
             if keys != [state["new_key"]["href"]]:
                 raise RuntimeError(f"{name}'s keyring is {keys}, not the new key alone")
 

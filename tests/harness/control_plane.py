@@ -20,15 +20,20 @@ KMS_NAME = "teapot"
 
 
 class ControlPlaneNode:
-    """A plugin logged in with ``creds`` (password) and wrapping with ``kek``, and a stand-in on ``etcd``."""
+    """A plugin logged in with ``creds`` (password) and wrapping with ``kek``, and a stand-in on ``etcd``.
 
-    def __init__(self, name, base_dir, creds, region_name, kek, etcd, resources):
+    ``quiet`` logs warnings only (for benchmarks of many objects); ``log_dir`` holds the stand-in's log.
+    """
+
+    def __init__(self, name, base_dir, creds, region_name, kek, etcd, resources, quiet=False, log_dir=None):
         self.name = name
         self.base_dir = base_dir
         section = password_barbican_section(creds, base_dir / "plugin", region_name=region_name)
-        self.plugin = PluginProcess(plugin_venv(), base_dir / "plugin", {
-            "barbican": section, "keys": [kek], "metrics": {"listen": f"127.0.0.1:{free_port()}"},
-            "cache": {"refresh_interval": 300}}, name=f"kms-plugin-{name}")
+        config = {"barbican": section, "keys": [kek], "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+                  "cache": {"refresh_interval": 300}}
+        if quiet:
+            config["log_level"] = "warning"
+        self.plugin = PluginProcess(plugin_venv(), base_dir / "plugin", config, name=f"kms-plugin-{name}")
         self.encryption_config = base_dir / "encryption.yaml"
         document = {"apiVersion": "apiserver.config.k8s.io/v1", "kind": "EncryptionConfiguration", "resources": [{
             "resources": list(resources), "providers": [
@@ -36,10 +41,11 @@ class ControlPlaneNode:
                 {"identity": {}}]}]}
         self.encryption_config.write_text(yaml.safe_dump(document), encoding="utf-8")
         self.encryption_config.chmod(0o600)
-        self.standin = StandinProcess(base_dir / "standin", etcd.endpoints, self.encryption_config, kms_poll_interval=1,
-                                      kms_healthz_ttl=1, name=f"kube-apiserver-standin-{name}", extra_flags=[
-                                          f"--etcd-cafile={etcd.ca_path}", f"--etcd-certfile={etcd.client_cert}",
-                                          f"--etcd-keyfile={etcd.client_key}"])
+        self.standin = StandinProcess(
+            base_dir / "standin", etcd.endpoints, self.encryption_config, kms_poll_interval=1, kms_healthz_ttl=1,
+            name=f"kube-apiserver-standin-{name}", log_path=log_dir / f"standin-{name}.log" if log_dir else None,
+            extra_flags=[f"--etcd-cafile={etcd.ca_path}", f"--etcd-certfile={etcd.client_cert}",
+                         f"--etcd-keyfile={etcd.client_key}", *(["--standin-log-level=WARNING"] if quiet else [])])
 
     def start(self):
         self.plugin.start()
