@@ -21,9 +21,9 @@ def fixture_runner(tmp_path_factory):
     return PlaybookRunner(tmp_path_factory.mktemp("clusters"))
 
 
-def _derived(runner, inventory, extra_vars=None):
+def _derived(runner, inventory, extra_vars=None, play_vars=None):
     """The cluster list and the extra plugin users the site derives from ``inventory`` (a path or a dict)."""
-    play = [{"name": "Derive", "hosts": "localhost", "gather_facts": False,
+    play = [{"name": "Derive", "hosts": "localhost", "gather_facts": False, "vars": play_vars or {},
              "vars_files": [str(REPO / "playbooks" / "vars" / "site.yml")],
              "tasks": [{"name": "clusters", "ansible.builtin.debug": {"var": "_teapot_kms_clusters"}},
                        {"name": "users", "ansible.builtin.debug": {
@@ -161,3 +161,13 @@ def test_each_host_gets_its_own_clusters_login_and_key(runner):
     assert by_host["mgmt-cp-2.example.org"] == expected("mgmt", "kms-plugin", "mgmt-kek", "m-secret")
     assert by_host["tenant-a-cp-3.example.org"] == expected("tenant-a", "kms-plugin-tenant-a", "tenant-a-kek", "a-secret")
     assert by_host["tenant-b-cp-1.example.org"] == expected("tenant-b", "kms-plugin-tenant-b", "tenant-b-kek", "b-secret")
+
+
+def test_a_single_cluster_takes_its_names_from_a_playbooks_vars(runner):
+    """As a single-cluster site always did: a playbook that imports a stage with vars names the key and the user."""
+    inventory = {"all": {"children": {"kube_control_plane": {"hosts": {"cp-1": {}, "cp-2": {}}}}}}
+    clusters, users = _derived(runner, inventory, play_vars={
+        "teapot_kms_kek_name": "kube-kek-from-play", "keystone_kms_user": "plugin-from-play"})
+    assert [(c["default"], c["plugin_user"], c["kek_name"], c["hosts"]) for c in clusters] == [
+        (True, "plugin-from-play", "kube-kek-from-play", ["cp-1", "cp-2"])]
+    assert users == []
