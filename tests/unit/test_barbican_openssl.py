@@ -9,16 +9,13 @@ libcrypto calls, then the fix is shown to restore the right answer.
 """
 
 import ctypes
-import datetime
 import importlib.util
 import pathlib
 import ssl
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from tests.harness.pki import TestCA
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FILES = ROOT / "roles" / "barbican" / "files"
@@ -49,19 +46,10 @@ def fixture_libcrypto():
 
 @pytest.fixture(name="tls_files")
 def fixture_tls_files(tmp_path):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "server.crt", tmp_path / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
+    """A server certificate and key for localhost, and the CA that signed it."""
+    ca = TestCA(tmp_path / "pki")
+    cert_path, key_path = ca.issue("server", "localhost", dns_names=["localhost"], server=True)
+    return cert_path, key_path, ca.cert_path
 
 
 def _leave_uwsgi_entry(libcrypto, cert_path):
@@ -74,11 +62,11 @@ def _leave_uwsgi_entry(libcrypto, cert_path):
 
 def _handshaken_client(tls_files):
     """A TLS 1.3 client and server over memory BIOs, handshake done: the client's next read has to wait."""
-    cert_path, key_path = tls_files
+    cert_path, key_path, ca_path = tls_files
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(cert_path, key_path)
     client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client_context.load_verify_locations(cert_path)
+    client_context.load_verify_locations(ca_path)
     pipes = [ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()]
     client = client_context.wrap_bio(pipes[0], pipes[1], server_hostname="localhost")
     server = server_context.wrap_bio(pipes[2], pipes[3], server_side=True)
