@@ -76,3 +76,10 @@ class ControlPlaneNode:
                 "kms_plugin_state_dir": self.plugin.config["state_dir"], "kms_plugin_health_delay": 1,
                 "teapot_kms_rotation_apiserver": {"url": self.standin.url, "ca_cert": str(self.standin.pki.cert_path),
                                                   "tls_server_name": "localhost", "client_cert": "", "token": self.standin.token}}
+
+
+def audit_counts(runner, etcd, resources):
+    """The objects of ``resources`` in ``etcd`` per provider and key_id, from teapot.kms.secret_encryption_info."""
+    run = runner.run([{"name": "audit", "teapot.kms.secret_encryption_info": {
+        "etcd": etcd.client_options(), "resources": list(resources)}}])
+    return run.task("audit")["counts"]

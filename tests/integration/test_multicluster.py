@@ -32,7 +32,7 @@ import kubernetes.client
 import pytest
 import yaml
 
-from tests.harness.control_plane import KMS_NAME, ControlPlaneNode
+from tests.harness.control_plane import KMS_NAME, ControlPlaneNode, audit_counts
 from tests.harness.keystone import Credentials, make_session
 from tests.harness.playbook import REPO, PlaybookRunner
 from tests.harness.plugin_daemon import first_status
@@ -235,12 +235,6 @@ def test_two_clusters_with_one_password_are_refused(site, runner, keystone):
     assert site["passwords"]["alpha"] not in run.output
 
 
-def _audit(runner, etcd):
-    run = runner.run([{"name": "audit", "teapot.kms.secret_encryption_info": {
-        "etcd": etcd.client_options(), "resources": ["secrets"]}}])
-    return run.task("audit")["counts"]
-
-
 def test_rotating_one_cluster_leaves_the_other_as_it_was(site, keystone, barbican, runner, harness_servers, tmp_path):
     keys = _keys(site["ordered"])
     etcds = {name: harness_servers.etcd_tls(f"multicluster-{name}") for name in CLUSTERS}
@@ -258,7 +252,7 @@ def test_rotating_one_cluster_leaves_the_other_as_it_was(site, keystone, barbica
                     metadata=kubernetes.client.V1ObjectMeta(name=f"obj-{index}"), string_data={"marker": marker}))
                 expected[(name, f"obj-{index}")] = {"marker": base64.b64encode(marker.encode()).decode()}
         for name in CLUSTERS:
-            assert _audit(runner, etcds[name]) == {"secrets": {f"kms-v2/{KMS_NAME}/{keys[name]['key_id']}": 5}}
+            assert audit_counts(runner, etcds[name], ["secrets"]) == {"secrets": {f"kms-v2/{KMS_NAME}/{keys[name]['key_id']}": 5}}
         beta_before = {"status": nodes["beta"].status(), "keyring": nodes["beta"].keyring(),
                        "config": nodes["beta"].plugin.config_path.read_bytes()}
 
@@ -287,7 +281,7 @@ def test_rotating_one_cluster_leaves_the_other_as_it_was(site, keystone, barbica
         new_key_id, new_href = state["new_key"]["key_id"], state["new_key"]["href"]
         assert state["phase"] == 6 and new_key_id != keys["alpha"]["key_id"]
         assert nodes["alpha"].status()["key_id"] == new_key_id and nodes["alpha"].keyring() == [new_href]
-        assert _audit(runner, etcds["alpha"]) == {"secrets": {f"kms-v2/{KMS_NAME}/{new_key_id}": 5}}
+        assert audit_counts(runner, etcds["alpha"], ["secrets"]) == {"secrets": {f"kms-v2/{KMS_NAME}/{new_key_id}": 5}}
         custodian = barbican.client(keystone.key_custodian)
         assert custodian.acls.get(new_href).read.users == [make_session(site["creds"]["alpha"]).get_user_id()]
         beta_session = make_session(site["creds"]["beta"])
@@ -300,7 +294,7 @@ def test_rotating_one_cluster_leaves_the_other_as_it_was(site, keystone, barbica
         assert nodes["beta"].keyring() == beta_before["keyring"] == [keys["beta"]["href"]]
         assert nodes["beta"].plugin.config_path.read_bytes() == beta_before["config"]
         assert not nodes["beta"].state_file.exists()
-        assert _audit(runner, etcds["beta"]) == {"secrets": {f"kms-v2/{KMS_NAME}/{keys['beta']['key_id']}": 5}}
+        assert audit_counts(runner, etcds["beta"], ["secrets"]) == {"secrets": {f"kms-v2/{KMS_NAME}/{keys['beta']['key_id']}": 5}}
 
         # Every object of both clusters reads back through its own cluster's stand-in.
         for name, node in nodes.items():

@@ -31,7 +31,7 @@ import time
 import kubernetes.client
 import pytest
 
-from tests.harness.control_plane import KMS_NAME, ControlPlaneNode
+from tests.harness.control_plane import KMS_NAME, ControlPlaneNode, audit_counts
 from tests.harness.etcd import EtcdServer
 from tests.harness.playbook import PlaybookRunner
 from tests.harness.plugin_daemon import order_kek
@@ -97,9 +97,7 @@ def test_rotation_with_proof_interrupted_and_resumed(nodes, keystone, barbican, 
                                    extra_vars=dict(extra_vars, teapot_kms_rotation_stop_after=stop_after))
 
     def audit(etcd=etcd_rotation):
-        run = runner.run([{"name": "audit", "teapot.kms.secret_encryption_info": {
-            "etcd": etcd.client_options(), "resources": RESOURCES}}])
-        return run.task("audit")["counts"]
+        return audit_counts(runner, etcd, RESOURCES)
 
     # Objects written through node 1's apiserver under key A.
     old_key_id = nodes[0].status()["key_id"]
